@@ -1,0 +1,206 @@
+"""Child process of `measure.measure`: runs one model in a fresh process and reports as JSON.
+
+A fresh process per model is what makes the peak figure mean something: the heap holds nothing
+from a previous model, and VmHWM can be reset just before the run. Usage:
+
+    python -m autochunk_onnx._measure_child WORKDIR
+
+WORKDIR holds `request.json` and `feeds.npz`; the child writes `result.json` (and the outputs to
+the requested .npz). Errors are reported in result.json as one line, never as a traceback.
+Only numpy and onnxruntime are imported here, to keep the process small and start fast.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+import zipfile
+from typing import Any
+
+import numpy as np
+
+_MEMORY_WORDS = ("failed to allocate", "bad_alloc", "out of memory", "cudaerrormemoryallocation")
+
+
+def save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez with arbitrary names (np.savez(**d) breaks on a name like 'file')."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+
+
+def load_npz(path: str) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _CudaMemInfo:
+    """Device memory in use via cudaMemGetInfo (libcudart through ctypes), or unavailable.
+
+    Works on the current device's primary context, which is the one ORT's CUDA EP uses.
+    """
+
+    def __init__(self) -> None:
+        self.lib = None
+        candidates = ["libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"]
+        found = ctypes.util.find_library("cudart")
+        if found:
+            candidates.append(found)
+        for site in sys.path:  # pip wheels nvidia-cuda-runtime-cu1x
+            candidates += sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "lib", "libcudart.so*")))
+            candidates += sorted(glob.glob(os.path.join(site, "nvidia", "cuda_runtime", "lib", "libcudart.so*")))
+        for name in candidates:
+            try:
+                lib = ctypes.CDLL(name)
+                lib.cudaMemGetInfo.argtypes = [ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+                lib.cudaMemGetInfo.restype = ctypes.c_int
+                self.lib = lib
+                self.name = name
+                break
+            except (OSError, AttributeError):
+                continue
+
+    def used(self) -> int | None:
+        if self.lib is None:
+            return None
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        if self.lib.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)) != 0:
+            return None
+        return int(total.value - free.value)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _run(req: dict[str, Any], workdir: str) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    feeds = load_npz(os.path.join(workdir, "feeds.npz"))
+    providers: list[str] = req["providers"]
+    so = ort.SessionOptions()
+    # Arena and memory pattern off: every tensor is a malloc/free of its own, so RSS follows the
+    # live activations instead of an arena that keeps its high-water blocks.
+    so.enable_cpu_mem_arena = False
+    so.enable_mem_pattern = False
+    so.log_severity_level = 3
+    provider_args: list[Any] = []
+    for p in providers:
+        if p == "CUDAExecutionProvider":
+            # Grow the CUDA arena by exactly what is asked, so what it holds after the runs is
+            # the peak of live device tensors (plus fragmentation), not the next power of two.
+            provider_args.append((p, {"arena_extend_strategy": "kSameAsRequested"}))
+        else:
+            provider_args.append(p)
+    cuda_info = _CudaMemInfo() if "CUDAExecutionProvider" in providers else None
+    try:
+        sess = ort.InferenceSession(req["model_path"], sess_options=so, providers=provider_args)
+    except Exception as exc:
+        return {"error": {"stage": "load", "message": _first_line(exc)}}
+    active = sess.get_providers()
+    on_cuda = "CUDAExecutionProvider" in active
+
+    def run_once() -> list[np.ndarray]:
+        return sess.run(None, feeds)
+
+    used_before = cuda_info.used() if (on_cuda and cuda_info) else None
+    try:
+        out = run_once()  # warm-up: lazy allocations, kernel selection, thread pool start
+    except Exception as exc:
+        return {"error": {"stage": "run", "message": _first_line(exc)}, "providers": active}
+    del out
+
+    note = ""
+    try:
+        if on_cuda:
+            out = run_once()
+            used_after = cuda_info.used() if cuda_info else None
+            if used_before is None or used_after is None:
+                peak, method = -1, "cuda-unmeasured"
+                note = "libcudart not found or cudaMemGetInfo failed"
+            else:
+                peak, method = max(0, used_after - used_before), "cuda-arena-memgetinfo"
+        else:
+            reset = _reset_hwm()
+            rss_before = _proc_status_kib("VmRSS")
+            out = run_once()
+            hwm = _proc_status_kib("VmHWM")
+            if reset:
+                peak, method = max(0, hwm - rss_before) * 1024, "cpu-rss-hwm"
+            else:
+                peak, method = -1, "cpu-unmeasured"
+                note = "/proc/self/clear_refs not writable: VmHWM cannot be reset"
+        out_names = [o.name for o in sess.get_outputs()]
+        outputs = dict(zip(out_names, out))
+        del out
+        latencies: list[float] = []
+        for _ in range(int(req["repeats"])):
+            t0 = time.perf_counter()
+            r = run_once()
+            latencies.append(time.perf_counter() - t0)
+            del r
+    except Exception as exc:
+        return {"error": {"stage": "run", "message": _first_line(exc)}, "providers": active}
+
+    outputs_path = None
+    if req.get("outputs_path"):
+        outputs_path = req["outputs_path"]
+        save_npz(outputs_path, outputs)
+    return {
+        "peak_bytes": int(peak),
+        "latency_s": statistics.median(latencies) if latencies else float("nan"),
+        "latencies_s": latencies,
+        "providers": active,
+        "method": method,
+        "outputs_path": outputs_path,
+        "note": note,
+    }
+
+
+def main(argv: list[str]) -> int:
+    workdir = argv[1]
+    with open(os.path.join(workdir, "request.json")) as f:
+        req = json.load(f)
+    try:
+        result = _run(req, workdir)
+    except MemoryError:
+        result = {"error": {"stage": "run", "message": "out of memory (MemoryError)"}}
+    except Exception as exc:  # a bug here: report it in one line, keep the traceback for debugging
+        result = {"error": {"stage": "internal", "message": _first_line(exc), "traceback": traceback.format_exc()}}
+    if "error" in result:
+        msg = result["error"]["message"].lower()
+        if any(w in msg for w in _MEMORY_WORDS):
+            result["error"]["stage"] = "memory"
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+        json.dump(result, f)
+    return 3 if "error" in result else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
