@@ -118,13 +118,14 @@ def _run(req: dict[str, Any], workdir: str) -> dict[str, Any]:
             provider_args.append((p, {"arena_extend_strategy": "kSameAsRequested"}))
         else:
             provider_args.append(p)
-    cuda_info = _CudaMemInfo() if "CUDAExecutionProvider" in providers else None
+    gpu_eps = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    cuda_info = _CudaMemInfo() if any(p in providers for p in gpu_eps) else None
     try:
         sess = ort.InferenceSession(req["model_path"], sess_options=so, providers=provider_args)
     except Exception as exc:
         return {"error": {"stage": "load", "message": _first_line(exc)}}
     active = sess.get_providers()
-    on_cuda = "CUDAExecutionProvider" in active
+    on_cuda = any(p in active for p in gpu_eps)
 
     def run_once() -> list[np.ndarray]:
         return sess.run(None, feeds)
