@@ -332,3 +332,398 @@ def mlp_block(d_model: int = 64, mult: int = 4, seed: int = 0) -> onnx.ModelProt
     return g.model([_vi("x", TensorProto.FLOAT, ["batch", "seq", d_model])],
                    [_vi("y", TensorProto.FLOAT, ["batch", "seq", d_model])],
                    name="mlp_block")
+
+
+# --------------------------------------------------------------------------
+# 4. AlphaFold-style Evoformer block (Einsum heavy)
+# --------------------------------------------------------------------------
+def _rename(g: _Graph, old: str, new: str) -> None:
+    for n in g.nodes:
+        for k, name in enumerate(n.input):
+            if name == old:
+                n.input[k] = new
+        for k, name in enumerate(n.output):
+            if name == old:
+                n.output[k] = new
+
+
+def _split_heads5(g: _Graph, t: str, heads: int, c: int, scope: str) -> str:
+    """[b, a, i, H*c] -> [b, a, i, H, c] with an exporter-style dynamic shape."""
+    tgt = g.shape_from(t, [0, 1, 2], [heads, c], scope=scope)
+    return g.op("Reshape", [t, tgt], scope=scope)
+
+
+def _merge_heads5(g: _Graph, t: str, width: int, scope: str) -> str:
+    """[b, a, i, H, c] -> [b, a, i, H*c]."""
+    tgt = g.shape_from(t, [0, 1, 2], [width], scope=scope)
+    return g.op("Reshape", [t, tgt], scope=scope)
+
+
+def _pair_bias(g: _Graph, z: str, c_z: int, heads: int, name: str) -> str:
+    """Per-head bias from a normalized pair tensor z [b, i, j, c_z] -> [b, 1, H, i, j]."""
+    bias = g.linear(z, c_z, heads, name, bias=False)  # [b, i, j, H]
+    bias = g.op("Transpose", [bias], scope=name, perm=[0, 3, 1, 2])  # [b, H, i, j]
+    return g.op("Unsqueeze", [bias, g.i([1])], scope=name)  # [b, 1, H, i, j]
+
+
+def _gated_attention(g: _Graph, x: str, c_in: int, bias: str, heads: int, c: int,
+                     name: str) -> str:
+    """Gated multi-head attention along axis 2 of x [b, a, i, c_in], with an additive
+    bias [b, 1, H, i, j]. Returns the output projection [b, a, i, c_in]."""
+    hc = heads * c
+    q = g.linear(x, c_in, hc, f"{name}.linear_q", bias=False)
+    k = g.linear(x, c_in, hc, f"{name}.linear_k", bias=False)
+    v = g.linear(x, c_in, hc, f"{name}.linear_v", bias=False)
+    q = g.op("Mul", [q, g.f(1.0 / math.sqrt(c))], scope=name)
+    q5 = _split_heads5(g, q, heads, c, name)
+    k5 = _split_heads5(g, k, heads, c, name)
+    v5 = _split_heads5(g, v, heads, c, name)
+    logits = g.op("Einsum", [q5, k5], scope=name, equation="baihc,bajhc->bahij")
+    logits = g.op("Add", [logits, bias], scope=name)
+    probs = g.op("Softmax", [logits], scope=name, axis=-1)
+    o = g.op("Einsum", [probs, v5], scope=name, equation="bahij,bajhc->baihc")
+    o = _merge_heads5(g, o, hc, name)
+    gate = g.op("Sigmoid", [g.linear(x, c_in, hc, f"{name}.linear_g")], scope=name)
+    o = g.op("Mul", [o, gate], scope=name)
+    return g.linear(o, hc, c_in, f"{name}.linear_o")
+
+
+def evoformer_like(c_m: int = 16, c_z: int = 16, heads: int = 2, seed: int = 0, *,
+                   c_hidden: int = 8) -> onnx.ModelProto:
+    """One Evoformer-like block.
+
+    inputs ``msa`` [batch, n_seq, n_res, c_m], ``pair`` [batch, n_res, n_res, c_z]
+    outputs ``msa_out`` (same shape as msa), ``pair_out`` (same shape as pair).
+
+    MSA row attention with pair bias -> MSA transition -> outer-product mean ->
+    triangle multiplicative update (outgoing) -> triangle attention (starting node)
+    -> pair transition. All residual."""
+    g = _Graph(seed)
+    msa, pair = "msa", "pair"
+    ch = c_hidden
+
+    # --- MSA row attention with pair bias -----------------------------------------
+    name = "msa_row_attn"
+    m = g.layernorm(msa, c_m, f"{name}.layer_norm_m")
+    z = g.layernorm(pair, c_z, f"{name}.layer_norm_z")
+    bias = _pair_bias(g, z, c_z, heads, f"{name}.linear_z")
+    a = _gated_attention(g, m, c_m, bias, heads, ch, name)
+    msa = g.op("Add", [msa, a], scope=name)
+
+    # --- MSA transition ---------------------------------------------------------------
+    name = "msa_transition"
+    t = g.layernorm(msa, c_m, f"{name}.layer_norm")
+    t = g.op("Relu", [g.linear(t, c_m, 4 * c_m, f"{name}.linear_1")], scope=name)
+    t = g.linear(t, 4 * c_m, c_m, f"{name}.linear_2")
+    msa = g.op("Add", [msa, t], scope=name)
+    msa_final = msa
+
+    # --- outer product mean (MSA -> pair) ----------------------------------------------
+    name = "outer_product_mean"
+    m = g.layernorm(msa, c_m, f"{name}.layer_norm")
+    a = g.linear(m, c_m, ch, f"{name}.linear_1")  # [b, s, i, c]
+    b = g.linear(m, c_m, ch, f"{name}.linear_2")  # [b, s, j, d]
+    o = g.op("Einsum", [a, b], scope=name, equation="bsic,bsjd->bijcd")
+    tgt = g.shape_from(o, [0, 1, 2], [ch * ch], scope=name)
+    o = g.op("Reshape", [o, tgt], scope=name)  # [b, i, j, c*d]
+    o = g.linear(o, ch * ch, c_z, f"{name}.linear_out")
+    n_seq = g.dim(msa, 1, scope=name)
+    n_seq = g.op("Cast", [n_seq], scope=name, to=TensorProto.FLOAT)
+    o = g.op("Div", [o, n_seq], scope=name)
+    pair = g.op("Add", [pair, o], scope=name)
+
+    # --- triangle multiplicative update (outgoing edges) ------------------------------
+    name = "tri_mul_out"
+    z = g.layernorm(pair, c_z, f"{name}.layer_norm_in")
+    ga = g.op("Sigmoid", [g.linear(z, c_z, ch, f"{name}.linear_a_g")], scope=name)
+    a = g.op("Mul", [g.linear(z, c_z, ch, f"{name}.linear_a_p"), ga], scope=name)  # [b,i,k,c]
+    gb = g.op("Sigmoid", [g.linear(z, c_z, ch, f"{name}.linear_b_g")], scope=name)
+    b = g.op("Mul", [g.linear(z, c_z, ch, f"{name}.linear_b_p"), gb], scope=name)  # [b,j,k,c]
+    x = g.op("Einsum", [a, b], scope=name, equation="bikc,bjkc->bijc")
+    x = g.layernorm(x, ch, f"{name}.layer_norm_out")
+    x = g.linear(x, ch, c_z, f"{name}.linear_z")
+    gz = g.op("Sigmoid", [g.linear(z, c_z, c_z, f"{name}.linear_g")], scope=name)
+    x = g.op("Mul", [x, gz], scope=name)
+    pair = g.op("Add", [pair, x], scope=name)
+
+    # --- triangle attention (starting node): attend over k for each row i -----------
+    name = "tri_att_start"
+    z = g.layernorm(pair, c_z, f"{name}.layer_norm")
+    bias = _pair_bias(g, z, c_z, heads, f"{name}.linear_tri")  # [b,1,H,j,k]
+    a = _gated_attention(g, z, c_z, bias, heads, ch, name)
+    pair = g.op("Add", [pair, a], scope=name)
+
+    # --- pair transition ----------------------------------------------------------------
+    name = "pair_transition"
+    t = g.layernorm(pair, c_z, f"{name}.layer_norm")
+    t = g.op("Relu", [g.linear(t, c_z, 4 * c_z, f"{name}.linear_1")], scope=name)
+    t = g.linear(t, 4 * c_z, c_z, f"{name}.linear_2")
+    pair = g.op("Add", [pair, t], scope=name)
+
+    _rename(g, msa_final, "msa_out")
+    _rename(g, pair, "pair_out")
+    return g.model(
+        [_vi("msa", TensorProto.FLOAT, ["batch", "n_seq", "n_res", c_m]),
+         _vi("pair", TensorProto.FLOAT, ["batch", "n_res", "n_res", c_z])],
+        [_vi("msa_out", TensorProto.FLOAT, ["batch", "n_seq", "n_res", c_m]),
+         _vi("pair_out", TensorProto.FLOAT, ["batch", "n_res", "n_res", c_z])],
+        name="evoformer_like",
+    )
+
+
+# --------------------------------------------------------------------------
+# 5. UNet-like block (conv + GroupNorm + spatial self-attention)
+# --------------------------------------------------------------------------
+def _group_norm(g: _Graph, x: str, channels: int, groups: int, name: str) -> str:
+    """GroupNorm as torch exports it: Reshape [b, G, -1] -> InstanceNormalization
+    (scale ones, bias zeros) -> Reshape back (Shape of x) -> per-channel Mul/Add."""
+    r = g.op("Reshape", [x, g.i([0, groups, -1])], scope=name)
+    ones = g.const(np.ones(groups), np.float32, name=f"{name}.instnorm_scale")
+    zeros = g.const(np.zeros(groups), np.float32, name=f"{name}.instnorm_bias")
+    n = g.op("InstanceNormalization", [r, ones, zeros], scope=name, epsilon=1e-5)
+    n = g.op("Reshape", [n, g.op("Shape", [x], scope=name)], scope=name)
+    gamma = g.param(f"{name}.weight", (1.0 + 0.1 * g.rng.standard_normal((channels, 1, 1))))
+    beta = g.param(f"{name}.bias", 0.02 * g.rng.standard_normal((channels, 1, 1)))
+    n = g.op("Mul", [n, gamma], scope=name)
+    return g.op("Add", [n, beta], scope=name)
+
+
+def _conv(g: _Graph, x: str, c_in: int, c_out: int, k: int, name: str) -> str:
+    w = g.normal(f"{name}.weight", (c_out, c_in, k, k), 1.0 / math.sqrt(c_in * k * k))
+    b = g.bias(f"{name}.bias", c_out)
+    pad = k // 2
+    return g.op("Conv", [x, w, b], scope=name, kernel_shape=[k, k],
+                pads=[pad, pad, pad, pad], strides=[1, 1], dilations=[1, 1], group=1)
+
+
+def unet_like(channels: int = 32, groups: int = 8, seed: int = 0, *,
+              heads: int = 4) -> onnx.ModelProto:
+    """input ``sample`` [batch, channels, height, width] -> output ``out`` (same shape).
+
+    Conv3x3 -> GroupNorm -> SiLU -> spatial self-attention over h*w tokens
+    (residual) -> Conv1x1."""
+    if channels % groups:
+        raise ValueError(f"channels={channels} not divisible by groups={groups}")
+    g = _Graph(seed)
+    c = channels
+    h = _conv(g, "sample", c, c, 3, "conv_in")
+    h = _group_norm(g, h, c, groups, "norm1")
+    h = g.op("Mul", [h, g.op("Sigmoid", [h], scope="/act")], scope="/act")  # SiLU
+
+    name = "attn"
+    t = g.op("Reshape", [h, g.i([0, c, -1])], scope=name)  # [b, c, hw]
+    t = g.op("Transpose", [t], scope=name, perm=[0, 2, 1])  # [b, hw, c]
+    a = g.layernorm(t, c, f"{name}.norm")
+    a = _self_attention(g, a, c, heads, name, dynamic_reshape=True)  # [b, hw, c]
+    a = g.op("Transpose", [a], scope=name, perm=[0, 2, 1])  # [b, c, hw]
+    a = g.op("Reshape", [a, g.op("Shape", [h], scope=name)], scope=name)  # [b, c, h, w]
+    h = g.op("Add", [h, a], scope=name)
+
+    out = _conv(g, h, c, c, 1, "conv_out")
+    _rename(g, out, "out")
+    return g.model([_vi("sample", TensorProto.FLOAT, ["batch", c, "height", "width"])],
+                   [_vi("out", TensorProto.FLOAT, ["batch", c, "height", "width"])],
+                   name="unet_like")
+
+
+# --------------------------------------------------------------------------
+# 6. opset-23 Attention op
+# --------------------------------------------------------------------------
+def attention_opset23(d_model: int = 64, heads: int = 4, seed: int = 0, *,
+                      is_causal: bool = False) -> onnx.ModelProto:
+    """attention_block, but the core is the standard ONNX (opset 23) ``Attention`` op
+    on 4-D Q/K/V [batch, heads, seq, dh]. x [batch, seq, d_model] -> y. Opset 23,
+    ir_version 11 (the minimum IR version for opset 23)."""
+    if d_model % heads:
+        raise ValueError(f"d_model={d_model} not divisible by heads={heads}")
+    g = _Graph(seed)
+    d, dh = d_model, d_model // heads
+    a = g.layernorm("x", d, "ln")
+    name = "attn"
+    q = g.linear(a, d, d, f"{name}.q_proj")
+    k = g.linear(a, d, d, f"{name}.k_proj")
+    v = g.linear(a, d, d, f"{name}.v_proj")
+
+    def split(t):
+        tgt = g.shape_from(t, [0, 1], [heads, dh], scope=name)
+        r = g.op("Reshape", [t, tgt], scope=name)
+        return g.op("Transpose", [r], scope=name, perm=[0, 2, 1, 3])
+
+    o = g.op("Attention", [split(q), split(k), split(v)], scope=name,
+             scale=1.0 / math.sqrt(dh), is_causal=int(is_causal))  # [b, h, s, dh]
+    o = g.op("Transpose", [o], scope=name, perm=[0, 2, 1, 3])
+    o = g.op("Reshape", [o, g.shape_from(o, [0, 1], [d], scope=name)], scope=name)
+    o = g.linear(o, d, d, f"{name}.o_proj")
+    g.nodes.append(helper.make_node("Add", ["x", o], ["y"], name="/residual/Add"))
+    m = g.model([_vi("x", TensorProto.FLOAT, ["batch", "seq", d])],
+                [_vi("y", TensorProto.FLOAT, ["batch", "seq", d])],
+                name="attention_opset23", opset=23)
+    m.ir_version = 11
+    return m
+
+
+# --------------------------------------------------------------------------
+# 8. external data
+# --------------------------------------------------------------------------
+_ALIGN = 4096
+
+
+def _set_external(t: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    del t.external_data[:]
+    for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    t.data_location = TensorProto.EXTERNAL
+
+
+def with_external_data(model: onnx.ModelProto, path: Union[str, os.PathLike],
+                       min_bytes: int = 1024) -> str:
+    """Save ``model`` to ``path`` with every initializer whose data is >= ``min_bytes``
+    bytes in ONE external file next to it (``<basename>.data``, referenced by a relative
+    location; offsets 4096-aligned). ``model`` itself is not modified. Returns the
+    path of the data file."""
+    path = os.fspath(path)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    location = os.path.basename(path) + ".data"
+    data_path = os.path.join(os.path.dirname(os.path.abspath(path)), location)
+    offset = 0
+    with open(data_path, "wb") as fh:
+        for t in m.graph.initializer:
+            if t.data_location == TensorProto.EXTERNAL:
+                raise ValueError(f"initializer {t.name!r} already uses external data")
+            arr = numpy_helper.to_array(t)
+            raw = arr.tobytes()
+            if len(raw) < min_bytes:
+                continue
+            pad = (-offset) % _ALIGN
+            if pad:
+                fh.write(b"\0" * pad)
+                offset += pad
+            fh.write(raw)
+            name = t.name
+            t.Clear()
+            t.name = name
+            t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+            t.dims.extend(arr.shape)
+            _set_external(t, location, offset, len(raw))
+            offset += len(raw)
+    onnx.save_model(m, path)
+    return data_path
+
+
+def big_external_model(path: Union[str, os.PathLike], weight_gib: float = 1.0, *,
+                       d: int = 8192, seed: int = 0) -> str:
+    """Write a model whose external weights total >= ``weight_gib`` GiB.
+
+    A chain of ``n = ceil(weight_gib GiB / (4*d*d))`` MatMuls with [d, d] float32
+    weights (std 1/sqrt(d), random normal, deterministic), small activations:
+    input ``x`` [batch, seq, d] -> output ``y`` [batch, seq, d].
+    Weights are generated and written row-block by row-block straight into
+    ``<basename>.data`` (never more than ~32 MiB of weights in memory); the
+    TensorProto entries are created with data_location=EXTERNAL by hand.
+    Returns the path of the data file."""
+    path = os.fspath(path)
+    rng = np.random.default_rng(seed)
+    per = 4 * d * d
+    n = max(1, math.ceil(weight_gib * (1 << 30) / per))
+    location = os.path.basename(path) + ".data"
+    data_path = os.path.join(os.path.dirname(os.path.abspath(path)), location)
+    rows = max(1, (8 << 20) // (4 * d))  # ~8 MiB per block
+    std = np.float32(1.0 / math.sqrt(d))
+    inits, nodes = [], []
+    h = "x"
+    offset = 0
+    with open(data_path, "wb") as fh:
+        for li in range(n):
+            pad = (-offset) % _ALIGN
+            if pad:
+                fh.write(b"\0" * pad)
+                offset += pad
+            for r0 in range(0, d, rows):
+                blk = rng.standard_normal((min(rows, d - r0), d), dtype=np.float32)
+                blk *= std
+                fh.write(blk.tobytes())
+                del blk
+            t = TensorProto()
+            t.name = f"layers.{li}.weight"
+            t.data_type = TensorProto.FLOAT
+            t.dims.extend([d, d])
+            _set_external(t, location, offset, per)
+            offset += per
+            inits.append(t)
+            out = "y" if li == n - 1 else f"/layers.{li}/MatMul_output_0"
+            nodes.append(helper.make_node("MatMul", [h, t.name], [out],
+                                          name=f"/layers.{li}/MatMul"))
+            h = out
+    graph = helper.make_graph(nodes, "big_external", [_vi("x", TensorProto.FLOAT, ["batch", "seq", d])],
+                              [_vi("y", TensorProto.FLOAT, ["batch", "seq", d])],
+                              initializer=inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                          producer_name="autochunk-onnx.models.synthetic")
+    m.ir_version = IR_VERSION
+    onnx.save_model(m, path)
+    return data_path
+
+
+# The committed README demo model models/examples/gpt_small.onnx is
+# transformer(**GPT_SMALL_EXAMPLE). float16-stored weights + in-graph sinusoidal
+# positions keep it < 2 MB (float32 weights alone would be ~2.6 MB, and a learned
+# 16384-row position table another 8 MB).
+GPT_SMALL_EXAMPLE = dict(layers=2, d_model=128, heads=4, vocab=1024,
+                         pos_embedding="sinusoidal", weight_dtype="float16")
+
+
+# --------------------------------------------------------------------------
+# 9. CLI
+# --------------------------------------------------------------------------
+BUILDERS = {
+    "transformer": transformer,
+    "attention_block": attention_block,
+    "mlp_block": mlp_block,
+    "evoformer_like": evoformer_like,
+    "unet_like": unet_like,
+    "attention_opset23": attention_opset23,
+    "stacked_transformer": stacked_transformer,
+}
+
+__all__ = list(BUILDERS) + ["with_external_data", "big_external_model", "BUILDERS",
+                           "GPT_SMALL_EXAMPLE", "main"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.synthetic",
+                                description="Write a synthetic ONNX model.")
+    p.add_argument("name", choices=sorted(list(BUILDERS) + ["big_external"]))
+    p.add_argument("--out", required=True, help="output .onnx path")
+    p.add_argument("--layers", type=int, default=None,
+                   help="number of layers (transformer / stacked_transformer)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weight-gib", type=float, default=1.0, help="big_external: GiB of weights")
+    p.add_argument("--d", type=int, default=8192, help="big_external: weight matrix size d x d")
+    p.add_argument("--external", action="store_true",
+                   help="save initializers >= 1 KiB as external data")
+    args = p.parse_args(argv)
+
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_dir, exist_ok=True)
+    if args.name == "big_external":
+        big_external_model(args.out, weight_gib=args.weight_gib, d=args.d, seed=args.seed)
+        print(f"wrote {args.out}")
+        return 0
+    kw = {"seed": args.seed}
+    if args.layers is not None:
+        if args.name not in ("transformer", "stacked_transformer"):
+            p.error(f"--layers is not supported by {args.name}")
+        kw["layers"] = args.layers
+    m = BUILDERS[args.name](**kw)
+    if args.external:
+        with_external_data(m, args.out)
+    else:
+        onnx.save_model(m, args.out)
+    print(f"wrote {args.out} ({len(m.graph.node)} nodes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
