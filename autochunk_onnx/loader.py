@@ -1,0 +1,161 @@
+"""Load a model by path with its weights left on disk, and pin its dynamic input dims.
+
+Real users run multi-gigabyte models: planning never needs weight values, so external data is
+never read; we only check that every external location stays inside the model's folder.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import BadInputError
+
+MAX_IR_VERSION = onnx.IR_VERSION
+MAX_OPSET = onnx.defs.onnx_opset_version()
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Parse `path` without loading external data; raise BadInputError naming what is wrong."""
+    p = Path(path)
+    if not p.exists():
+        raise BadInputError(f"{p}: no such file")
+    if p.is_dir():
+        raise BadInputError(f"{p}: is a folder, not an ONNX model file")
+    if p.stat().st_size == 0:
+        raise BadInputError(f"{p}: empty file, not an ONNX model")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, UnicodeDecodeError) as e:
+        raise BadInputError(f"{p}: not a valid ONNX model (truncated or not ONNX: {type(e).__name__})") from e
+    except OSError as e:
+        raise BadInputError(f"{p}: cannot read: {e.strerror or e}") from e
+    if not model.HasField("graph") or len(model.graph.node) == 0 and len(model.graph.output) == 0:
+        raise BadInputError(f"{p}: not an ONNX model (no graph found)")
+    if model.ir_version == 0 or model.ir_version > MAX_IR_VERSION:
+        raise BadInputError(f"{p}: unsupported IR version {model.ir_version} (this onnx supports up to {MAX_IR_VERSION})")
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and (o.version < 1 or o.version > MAX_OPSET):
+            raise BadInputError(f"{p}: unsupported opset {o.version} (supported: 1..{MAX_OPSET})")
+    check_external_data(model, p.parent)
+    return model
+
+
+def _external_tensors(model: onnx.ModelProto):
+    yield from onnx.external_data_helper._get_all_tensors(model)
+
+
+def check_external_data(model: onnx.ModelProto, base: Path) -> None:
+    """Refuse external locations outside `base` (path traversal) and missing external files."""
+    base = base.resolve()
+    for t in _external_tensors(model):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        if not loc or os.path.isabs(loc):
+            raise BadInputError(f"initializer {t.name!r}: external data location {loc!r} must be a path relative to the model's folder")
+        target = (base / loc).resolve()
+        if base != target and base not in target.parents:
+            raise BadInputError(f"initializer {t.name!r}: external data {loc!r} resolves outside the model's folder")
+        if not target.is_file():
+            raise BadInputError(f"initializer {t.name!r}: external data file {loc!r} is missing")
+        need = int(info.get("offset", 0)) + int(info.get("length", 0))
+        if need > target.stat().st_size:
+            raise BadInputError(f"initializer {t.name!r}: external data file {loc!r} is truncated ({target.stat().st_size} bytes, needs {need})")
+
+
+_SPEC = re.compile(r"^\s*(?P<name>[^:\s][^:]*?)\s*:\s*(?P<dims>\[[^\]]*\]|[0-9x*\s]+)\s*$")
+
+
+def parse_input_shapes(specs: list[str] | tuple[str, ...]) -> dict[str, list[int]]:
+    """Parse `NAME:1x4096` or Polygraphy's `NAME:[1,4096]`; several via repeats or commas."""
+    out: dict[str, list[int]] = {}
+    for spec in specs:
+        for item in _split_specs(spec):
+            m = _SPEC.match(item)
+            if not m:
+                raise BadInputError(f"--input-shape {item!r}: expected NAME:1x4096 or NAME:[1,4096]")
+            dims_s = m.group("dims").strip()
+            parts = dims_s.strip("[]").replace("x", ",").replace("*", ",").split(",")
+            try:
+                dims = [int(d) for d in parts if d.strip()]
+            except ValueError:
+                raise BadInputError(f"--input-shape {item!r}: dims must be integers") from None
+            if not dims and dims_s != "[]":
+                raise BadInputError(f"--input-shape {item!r}: no dims given")
+            if any(d <= 0 for d in dims):
+                raise BadInputError(f"--input-shape {item!r}: dims must be positive")
+            out[m.group("name")] = dims
+    return out
+
+
+def _split_specs(spec: str) -> list[str]:
+    """Split on commas that are not inside [...]."""
+    items, depth, cur = [], 0, ""
+    for ch in spec:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            items.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        items.append(cur)
+    return items
+
+
+def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> dict[str, int]:
+    """Write the given dims into the graph inputs (in place) and return symbol -> value.
+
+    A symbolic dim named by one input is pinned in every input that shares its name, so
+    `input_ids:1x4096` also pins `attention_mask`'s `seq`.
+    """
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    by_name = {i.name: i for i in graph.input if i.name not in inits}
+    symbols: dict[str, int] = {}
+    for name, dims in shapes.items():
+        if name not in by_name:
+            raise BadInputError(f"--input-shape names {name!r}, which is not a model input (inputs: {', '.join(by_name) or 'none'})")
+        vi = by_name[name]
+        if not vi.type.HasField("tensor_type"):
+            raise BadInputError(f"input {name!r} is not a tensor")
+        model_dims = vi.type.tensor_type.shape.dim
+        if len(model_dims) != len(dims):
+            raise BadInputError(f"--input-shape {name}: rank {len(dims)} given, the model's input has rank {len(model_dims)}")
+        for k, (d, v) in enumerate(zip(model_dims, dims)):
+            if d.HasField("dim_value") and d.dim_value != v:
+                raise BadInputError(f"--input-shape {name}: dim {k} is {v}, but the model fixes it to {d.dim_value}")
+            if d.HasField("dim_param") and d.dim_param:
+                prev = symbols.get(d.dim_param)
+                if prev is not None and prev != v:
+                    raise BadInputError(f"--input-shape {name}: dim {k} ({d.dim_param}) is {v}, but another input sets {d.dim_param}={prev}")
+                symbols[d.dim_param] = v
+    for vi in by_name.values():
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in symbols:
+                d.dim_value = symbols[d.dim_param]
+        if vi.name in shapes:
+            for d, v in zip(vi.type.tensor_type.shape.dim, shapes[vi.name]):
+                d.dim_value = v
+    return symbols
+
+
+def unpinned_inputs(model: onnx.ModelProto) -> list[str]:
+    """Inputs that still have a dim without a value, as 'name[dim k (symbol)]' strings."""
+    inits = {t.name for t in model.graph.initializer}
+    missing = []
+    for vi in model.graph.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        for k, d in enumerate(vi.type.tensor_type.shape.dim):
+            if not d.HasField("dim_value"):
+                missing.append(f"{vi.name} dim {k} ({d.dim_param or '?'})")
+    return missing
