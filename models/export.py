@@ -1,0 +1,784 @@
+"""Export real architectures (random weights, built from configs) to ONNX.
+
+Generation-time tool only: needs the `.venv-models` environment (see
+models/README.md and models/requirements.txt), never the project's runtime.
+
+    python -m models.export --family gpt|bert|vit|unet|evoformer|all \
+        --out models/out [--opset 20|23] [--size tiny|bench]
+
+Every family:
+  * is built from a config (no model hub), all parameters re-drawn from a
+    seeded normal distribution (libraries zero-init final projections, which
+    would make blocks exact identities);
+  * is exported with the dynamo exporter (`torch.onnx.export(dynamo=True)`),
+    weights embedded;
+  * is checked: onnx.checker, every intended dynamic input dim is symbolic
+    (dim_param), and onnxruntime output == torch output at two sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.export import Dim
+
+SEED = 1234
+FAMILIES = ("gpt", "bert", "vit", "unet", "evoformer")
+
+
+# --------------------------------------------------------------------------
+# common helpers
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Spec:
+    """What one export needs: model, sample inputs, dynamic dims, checks."""
+
+    name: str
+    model: torch.nn.Module
+    sample: dict[str, torch.Tensor]  # ordered: graph input order
+    dynamic_shapes: dict[str, dict[int, Dim]]
+    output_names: list[str]
+    # input name -> axes that MUST stay symbolic in the ONNX graph
+    dynamic_axes: dict[str, list[int]]
+    # inputs at two other sizes for the onnxruntime-vs-torch check
+    checks: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    # larger inputs for timing (bench only)
+    timing: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    atol: float = 1e-3
+
+
+def redraw_parameters(model: torch.nn.Module, seed: int = SEED) -> None:
+    """Re-draw every parameter from a seeded normal distribution.
+
+    Matrices/kernels: N(0, s) with s = clamp(1/sqrt(fan_in), 0.02, 0.2).
+    Norm-layer scales: 1 + N(0, 0.1); other vectors (biases, norm shifts,
+    position/cls tokens): N(0, 0.1)."""
+    gen = torch.Generator().manual_seed(seed)
+    norm_params = set()
+    for mod in model.modules():
+        if "norm" in type(mod).__name__.lower():
+            w = getattr(mod, "weight", None)
+            if isinstance(w, torch.nn.Parameter):
+                norm_params.add(id(w))
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if id(p) in norm_params:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif p.dim() >= 2:
+                fan_in = int(np.prod(p.shape[1:]))
+                std = min(0.2, max(0.02, 1.0 / math.sqrt(fan_in)))
+                p.copy_(std * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def op_histogram(model) -> dict[str, int]:
+    """op_type -> count over the main graph, subgraphs and local functions."""
+    import onnx
+
+    hist: collections.Counter = collections.Counter()
+
+    def walk(graph):
+        for node in graph.node:
+            key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+            hist[key] += 1
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for g in attr.graphs:
+                        walk(g)
+
+    walk(model.graph)
+    for fn in model.functions:
+        for node in fn.node:
+            hist[f"{fn.name}/{node.op_type}"] += 1
+    return dict(sorted(hist.items()))
+
+
+def describe_io(model) -> dict:
+    """Inputs/outputs as {name, dtype, dims} with symbolic names kept."""
+    import onnx
+
+    def one(vi):
+        t = vi.type.tensor_type
+        dims = []
+        for d in t.shape.dim:
+            if d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            elif d.HasField("dim_value"):
+                dims.append(d.dim_value)
+            else:
+                dims.append("?")
+        return {
+            "name": vi.name,
+            "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+            "dims": dims,
+        }
+
+    return {
+        "inputs": [one(v) for v in model.graph.input],
+        "outputs": [one(v) for v in model.graph.output],
+    }
+
+
+def _strip_metadata(model) -> None:
+    """Drop the exporter's per-node debug metadata (stack traces, FX node text):
+    it is most of a small model's file size and carries no semantics."""
+    def walk(graph):
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                if attr.g is not None and attr.HasField("g"):
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+        for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
+            del vi.metadata_props[:]
+        for init in graph.initializer:
+            del init.metadata_props[:]
+
+    walk(model.graph)
+    for fn in model.functions:
+        for node in fn.node:
+            del node.metadata_props[:]
+
+
+def check_dynamic_inputs(model, spec: Spec) -> None:
+    """Fail loudly if an intended dynamic input dim became a constant."""
+    inputs = {vi.name: vi for vi in model.graph.input}
+    missing = set(spec.sample) - set(inputs)
+    if missing:
+        raise SystemExit(f"[{spec.name}] graph lost inputs {sorted(missing)}; has {sorted(inputs)}")
+    for name, axes in spec.dynamic_axes.items():
+        dims = inputs[name].type.tensor_type.shape.dim
+        for ax in axes:
+            d = dims[ax]
+            if not d.HasField("dim_param") or d.HasField("dim_value"):
+                raise SystemExit(
+                    f"[{spec.name}] input {name!r} axis {ax} is not symbolic after export "
+                    f"(dims: {[x.dim_param or x.dim_value for x in dims]})"
+                )
+
+
+def _torch_outputs(model, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = model(**inputs)
+    if isinstance(out, torch.Tensor):
+        out = (out,)
+    return [o.detach().numpy() for o in out]
+
+
+def _ort_session(path: str, threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def _feed(inputs: dict[str, torch.Tensor], sess) -> dict[str, np.ndarray]:
+    names = {i.name for i in sess.get_inputs()}
+    return {k: v.numpy() for k, v in inputs.items() if k in names}
+
+
+def _shape_str(inputs: dict[str, torch.Tensor]) -> str:
+    return ", ".join(f"{k}{list(v.shape)}" for k, v in inputs.items())
+
+
+def run_checks(path: str, spec: Spec) -> list[dict]:
+    """onnxruntime vs torch at the check sizes; raise on mismatch."""
+    sess = _ort_session(path)
+    results = []
+    for inputs in spec.checks:
+        ref = _torch_outputs(spec.model, inputs)
+        got = sess.run(None, _feed(inputs, sess))
+        if len(got) != len(ref):
+            raise SystemExit(f"[{spec.name}] ORT gave {len(got)} outputs, torch {len(ref)}")
+        diffs = []
+        for r, g in zip(ref, got):
+            if r.shape != g.shape:
+                raise SystemExit(f"[{spec.name}] shape mismatch torch {r.shape} vs ORT {g.shape}")
+            diffs.append(float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))))
+        scale = max(float(np.max(np.abs(r))) for r in ref)
+        res = {"inputs": _shape_str(inputs), "max_abs_diff": max(diffs), "max_abs_ref": scale}
+        print(f"  [{spec.name}] ORT vs torch at {res['inputs']}: max|diff| {max(diffs):.3g} "
+              f"(max|ref| {scale:.3g})")
+        if not max(diffs) <= spec.atol * max(1.0, scale):
+            raise SystemExit(f"[{spec.name}] ORT output differs from torch: {diffs}")
+        results.append(res)
+    return results
+
+
+def run_timing(path: str, spec: Spec, threads: int = 2, repeat: int = 2) -> list[dict]:
+    sess = _ort_session(path, threads)
+    results = []
+    for inputs in spec.timing:
+        feed = _feed(inputs, sess)
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            best = min(best, time.perf_counter() - t0)
+        res = {"inputs": _shape_str(inputs), "seconds": round(best, 3), "threads": threads}
+        print(f"  [{spec.name}] ORT CPU {threads} threads at {res['inputs']}: {best:.3f} s")
+        results.append(res)
+    return results
+
+
+def export_spec(spec: Spec, out_dir: str, opset: int, timing: bool = False) -> dict:
+    import onnx
+
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{spec.name}.onnx")
+    spec.model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(
+            spec.model,
+            args=(),
+            kwargs=dict(spec.sample),
+            dynamo=True,
+            dynamic_shapes=spec.dynamic_shapes,
+            opset_version=opset,
+            output_names=spec.output_names,
+            external_data=False,
+            verbose=False,
+        )
+    proto = prog.model_proto
+    _strip_metadata(proto)
+    onnx.save(proto, path)
+    # drop a stale external-data file a previous run may have left
+    if os.path.exists(path + ".data"):
+        os.remove(path + ".data")
+    onnx.checker.check_model(path, full_check=True)
+    model = onnx.load(path)
+    check_dynamic_inputs(model, spec)
+    info = {
+        "name": spec.name,
+        "file": path,
+        "bytes": os.path.getsize(path),
+        "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        **describe_io(model),
+        "ops": op_histogram(model),
+    }
+    print(f"[{spec.name}] exported {path} ({info['bytes'] / 1e6:.2f} MB, opset {info['opset']})")
+    print(f"  inputs:  {[(i['name'], i['dtype'], i['dims']) for i in info['inputs']]}")
+    print(f"  outputs: {[(o['name'], o['dtype'], o['dims']) for o in info['outputs']]}")
+    print(f"  ops: {info['ops']}")
+    info["checks"] = run_checks(path, spec)
+    if timing and spec.timing:
+        info["timing"] = run_timing(path, spec)
+    return info
+
+
+# --------------------------------------------------------------------------
+# families
+# --------------------------------------------------------------------------
+
+
+class _LogitsOnly(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                          use_cache=False).logits
+
+
+class _BertWrap(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+class _VitWrap(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, pixel_values):
+        return self.inner(pixel_values=pixel_values,
+                          interpolate_pos_encoding=True).last_hidden_state
+
+
+def _ids(batch, seq, vocab, seed):
+    return torch.randint(0, vocab, (batch, seq), generator=_gen(seed), dtype=torch.int64)
+
+
+def _mask(batch, seq, seed, pad=True):
+    m = torch.ones(batch, seq, dtype=torch.int64)
+    if pad and batch > 1:  # right-pad the last row a little
+        m[-1, seq - max(1, seq // 8):] = 0
+    return m
+
+
+def gpt_spec(size: str, attn: str, opset: int) -> Spec:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if size == "tiny":
+        cfg = dict(n_layer=2, n_embd=64, n_head=2, vocab_size=1000, n_positions=1024)
+    else:
+        cfg = dict(n_layer=2, n_embd=256, n_head=4, vocab_size=8192, n_positions=8192)
+    config = GPT2Config(**cfg, attn_implementation=attn, resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0)
+    torch.manual_seed(SEED)
+    model = _LogitsOnly(GPT2LMHeadModel(config)).eval()
+    redraw_parameters(model)
+    V = config.vocab_size
+    batch, seq = Dim("batch", min=1, max=64), Dim("seq", min=2, max=config.n_positions)
+    sample = {"input_ids": _ids(2, 17, V, 1), "attention_mask": _mask(2, 17, 1)}
+    checks = [{"input_ids": _ids(2, s, V, s), "attention_mask": _mask(2, s, s)} for s in (33, 130)]
+    timing = [{"input_ids": _ids(1, s, V, s), "attention_mask": _mask(1, s, s)}
+              for s in (1024, 2048)]
+    suffix = "" if attn == "eager" else f"_{attn}"
+    suffix += "" if opset == 20 else f"_opset{opset}"
+    return Spec(
+        name=f"gpt2_{size}{suffix}",
+        model=model,
+        sample=sample,
+        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+        output_names=["logits"],
+        dynamic_axes={"input_ids": [0, 1], "attention_mask": [0, 1]},
+        checks=checks,
+        timing=timing,
+    )
+
+
+def bert_spec(size: str, attn: str, opset: int) -> Spec:
+    from transformers import BertConfig, BertModel
+
+    if size == "tiny":
+        cfg = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2,
+                   intermediate_size=256, vocab_size=1000, max_position_embeddings=1024)
+    else:
+        cfg = dict(num_hidden_layers=2, hidden_size=256, num_attention_heads=4,
+                   intermediate_size=1024, vocab_size=8192, max_position_embeddings=8192)
+    config = BertConfig(**cfg, attn_implementation=attn, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    torch.manual_seed(SEED)
+    model = _BertWrap(BertModel(config, add_pooling_layer=False)).eval()
+    redraw_parameters(model)
+    V = config.vocab_size
+    batch = Dim("batch", min=1, max=64)
+    seq = Dim("seq", min=2, max=config.max_position_embeddings)
+    sample = {"input_ids": _ids(2, 17, V, 2), "attention_mask": _mask(2, 17, 2)}
+    checks = [{"input_ids": _ids(2, s, V, s), "attention_mask": _mask(2, s, s)} for s in (33, 130)]
+    timing = [{"input_ids": _ids(1, s, V, s), "attention_mask": _mask(1, s, s)}
+              for s in (1024, 2048)]
+    suffix = "" if attn == "eager" else f"_{attn}"
+    suffix += "" if opset == 20 else f"_opset{opset}"
+    return Spec(
+        name=f"bert_{size}{suffix}",
+        model=model,
+        sample=sample,
+        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+        output_names=["last_hidden_state"],
+        dynamic_axes={"input_ids": [0, 1], "attention_mask": [0, 1]},
+        checks=checks,
+        timing=timing,
+    )
+
+
+def vit_spec(size: str, attn: str, opset: int) -> Spec:
+    from transformers import ViTConfig, ViTModel
+
+    if size == "tiny":
+        cfg = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2,
+                   intermediate_size=256, image_size=64)
+    else:
+        cfg = dict(num_hidden_layers=2, hidden_size=256, num_attention_heads=4,
+                   intermediate_size=1024, image_size=224)
+    config = ViTConfig(**cfg, patch_size=16, num_channels=3, attn_implementation=attn,
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(SEED)
+    model = _VitWrap(ViTModel(config, add_pooling_layer=False)).eval()
+    redraw_parameters(model)
+    # H, W: any size (the patch conv floors to H//16 x W//16 patches).
+    batch = Dim("batch", min=1, max=64)
+    height, width = Dim("height", min=32, max=4096), Dim("width", min=32, max=4096)
+
+    def px(b, h, w, seed):
+        return {"pixel_values": torch.randn(b, 3, h, w, generator=_gen(seed))}
+
+    # Sample must not equal image_size x image_size: ViT's interpolate_pos_encoding
+    # short-cuts (and export specialises H, W) when the sample matches the config.
+    sample = px(2, 96, 80, 3)
+    return Spec(
+        name=f"vit_{size}" + ("" if attn == "eager" else f"_{attn}")
+        + ("" if opset == 20 else f"_opset{opset}"),
+        model=model,
+        sample=sample,
+        dynamic_shapes={"pixel_values": {0: batch, 2: height, 3: width}},
+        output_names=["last_hidden_state"],
+        dynamic_axes={"pixel_values": [0, 2, 3]},
+        checks=[px(1, 64, 128, 4), px(2, 160, 160, 5), px(1, 72, 100, 18),
+                # tiny config's own image size: torch's short-cut path vs ONNX's Resize
+                px(1, config.image_size, config.image_size, 19)],
+        timing=[px(1, 512, 512, 6), px(1, 768, 768, 7)],
+        atol=2e-3,
+    )
+
+
+class _UNetWrap(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.inner(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+def unet_spec(size: str, attn: str, opset: int) -> Spec:
+    from diffusers import UNet2DConditionModel
+
+    if size == "tiny":
+        cfg = dict(block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
+                   attention_head_dim=8, sample_size=16)
+        ctx_len, ctx_dim = 8, 32
+    else:
+        cfg = dict(block_out_channels=(32, 64), norm_num_groups=32, cross_attention_dim=64,
+                   attention_head_dim=8, sample_size=32)
+        ctx_len, ctx_dim = 77, 64
+    torch.manual_seed(SEED)
+    inner = UNet2DConditionModel(
+        in_channels=4, out_channels=4, layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        **cfg,
+    )
+    model = _UNetWrap(inner).eval()
+    redraw_parameters(model)
+    batch = Dim("batch", min=1, max=64)
+    # latent H, W: must be even (one down/up-sampling stage)
+    height, width = Dim("height", min=4, max=1024), Dim("width", min=4, max=1024)
+    ctx = Dim("ctx_len", min=1, max=1024)
+
+    def inp(b, h, w, L, seed):
+        g = _gen(seed)
+        return {
+            "sample": torch.randn(b, 4, h, w, generator=g),
+            "timestep": torch.rand(b, generator=g) * 1000.0,
+            "encoder_hidden_states": torch.randn(b, L, ctx_dim, generator=g),
+        }
+
+    return Spec(
+        name=f"unet_{size}",
+        model=model,
+        sample=inp(2, 20, 12, ctx_len, 8),
+        dynamic_shapes={
+            "sample": {0: batch, 2: height, 3: width},
+            "timestep": {0: batch},
+            "encoder_hidden_states": {0: batch, 1: ctx},
+        },
+        output_names=["out_sample"],
+        dynamic_axes={"sample": [0, 2, 3], "timestep": [0], "encoder_hidden_states": [0, 1]},
+        checks=[inp(1, 16, 24, ctx_len, 9), inp(2, 32, 32, 5, 10)],
+        timing=[inp(1, 64, 64, 77, 11), inp(1, 96, 96, 77, 12)],
+        atol=2e-3,
+    )
+
+
+class _EvoWrap(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, msa, pair, msa_mask, pair_mask):
+        # chunk_size=None: no Python chunk loop (it would pin n_res during export)
+        m, z = self.inner(msa, pair, msa_mask=msa_mask, pair_mask=pair_mask,
+                          chunk_size=None, inplace_safe=False)
+        return m, z
+
+
+def _patch_openfold_pair_bias_loop() -> None:
+    """openfold3's MSAAttention._prep_inputs runs layer_norm_z + linear_z over
+    pair rows in a Python loop of 256-row chunks (`range(0, n_res, 256)`),
+    which makes torch.export specialise n_res to the sample's value. Replace it
+    by the same computation on the whole tensor (identical numerics)."""
+    from openfold3.core.model.layers import msa as of_msa
+
+    if getattr(of_msa.MSAAttention, "_autochunk_patched", False):
+        return
+
+    def _prep_inputs(self, m, z, mask, inplace_safe=False):
+        n_seq, n_res = m.shape[-3:-1]
+        if mask is None:
+            mask = m.new_ones(m.shape[:-3] + (n_seq, n_res))
+        mask_bias = (self.inf * (mask - 1))[..., :, None, None, :]
+        if self.pair_bias and z is not None and self.layer_norm_z is not None \
+                and self.linear_z is not None:
+            z = self.linear_z(self.layer_norm_z(z))
+            z = of_msa.permute_final_dims(z, (2, 0, 1)).unsqueeze(-4)
+        return m, mask_bias, z
+
+    of_msa.MSAAttention._prep_inputs = _prep_inputs
+    of_msa.MSAAttention._autochunk_patched = True
+
+
+def evoformer_spec(size: str, attn: str, opset: int) -> Spec:
+    from openfold3.core.model.latent.evoformer import EvoformerBlock
+
+    _patch_openfold_pair_bias_loop()
+
+    if size == "tiny":
+        c_m, c_z, ch = 16, 8, 4
+        heads_m, heads_z = 2, 2
+    else:
+        c_m, c_z, ch = 64, 32, 16
+        heads_m, heads_z = 4, 4
+    torch.manual_seed(SEED)
+    block = EvoformerBlock(
+        c_m=c_m, c_z=c_z, c_hidden_msa_att=ch, c_hidden_opm=ch, c_hidden_mul=2 * ch,
+        c_hidden_pair_att=ch, no_heads_msa=heads_m, no_heads_pair=heads_z,
+        transition_type="relu", transition_n=4, msa_dropout=0.0, pair_dropout=0.0,
+        no_column_attention=False, opm_first=False, fuse_projection_weights=False,
+        inf=1e9, eps=1e-3,
+    )
+    model = _EvoWrap(block).eval()
+    redraw_parameters(model)
+    batch = Dim("batch", min=1, max=64)
+    n_seq = Dim("n_seq", min=2, max=4096)
+    n_res = Dim("n_res", min=2, max=4096)
+
+    def inp(b, s, r, seed):
+        g = _gen(seed)
+        mm = torch.ones(b, s, r)
+        pm = torch.ones(b, r, r)
+        if r > 4:  # mask out the last residue(s) of the last batch item
+            mm[-1, :, -2:] = 0
+            pm[-1, -2:, :] = 0
+            pm[-1, :, -2:] = 0
+        return {
+            "msa": torch.randn(b, s, r, c_m, generator=g),
+            "pair": torch.randn(b, r, r, c_z, generator=g),
+            "msa_mask": mm,
+            "pair_mask": pm,
+        }
+
+    return Spec(
+        name=f"evoformer_{size}",
+        model=model,
+        sample=inp(2, 5, 11, 13),
+        dynamic_shapes={
+            "msa": {0: batch, 1: n_seq, 2: n_res},
+            "pair": {0: batch, 1: n_res, 2: n_res},
+            "msa_mask": {0: batch, 1: n_seq, 2: n_res},
+            "pair_mask": {0: batch, 1: n_res, 2: n_res},
+        },
+        output_names=["msa_out", "pair_out"],
+        dynamic_axes={"msa": [0, 1, 2], "pair": [0, 1, 2], "msa_mask": [0, 1, 2],
+                      "pair_mask": [0, 1, 2]},
+        checks=[inp(1, 4, 24, 14), inp(2, 7, 40, 15)],
+        timing=[inp(1, 16, 128, 16), inp(1, 16, 256, 17)],
+        atol=2e-3,
+    )
+
+
+BUILDERS: dict[str, Callable[[str, str, int], Spec]] = {
+    "gpt": gpt_spec,
+    "bert": bert_spec,
+    "vit": vit_spec,
+    "unet": unet_spec,
+    "evoformer": evoformer_spec,
+}
+
+# (family, attn_implementation) pairs exported for each opset
+VARIANTS = {
+    20: [("gpt", "eager"), ("gpt", "sdpa"), ("bert", "eager"), ("bert", "sdpa"),
+         ("vit", "eager"), ("unet", "-"), ("evoformer", "-")],
+    23: [("gpt", "sdpa"), ("bert", "sdpa")],
+}
+
+
+# The committed test-suite set: (family, attn, opset, file stem)
+TINY_SUITE = [
+    ("gpt", "eager", 20, "gpt2_tiny"),
+    ("bert", "eager", 20, "bert_tiny"),
+    ("vit", "eager", 20, "vit_tiny"),
+    ("unet", "eager", 20, "unet_tiny"),
+    ("evoformer", "eager", 20, "evoformer_tiny"),
+    ("gpt", "sdpa", 23, "gpt2_tiny_opset23"),
+]
+TINY_SUITE_CMD = "python -m models.export --tiny-suite --out models/tiny"
+TINY_SUITE_MAX_BYTES = 5 * 1024 * 1024
+
+
+def _fmt_dims(dims) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def write_tiny_readme(infos: list[dict], out_dir: str) -> None:
+    total = sum(i["bytes"] for i in infos)
+    lines = [
+        "# Tiny real-architecture ONNX models (test fixtures)",
+        "",
+        "Generated, not hand-written: random weights (seeded normal re-draw of every",
+        "parameter), built from configs, exported with `torch.onnx.export(dynamo=True)`,",
+        "weights embedded. Regenerate (in the `.venv-models` environment, see",
+        "`models/README.md`) with:",
+        "",
+        "```",
+        f".venv-models/bin/{TINY_SUITE_CMD}",
+        "```",
+        "",
+        "Each export is checked by `models/export.py`: `onnx.checker` (full check), every",
+        "intended dynamic input axis is a symbolic `dim_param`, and onnxruntime output",
+        "matches torch at the sizes listed under *checked*.",
+        f"Total size: {total / 1e6:.2f} MB.",
+        "",
+        "Generated with torch " + torch.__version__.split("+")[0] + ", "
+        + ", ".join(f"{m} {_version(m)}" for m in
+                    ("transformers", "diffusers", "openfold3", "onnx", "onnxscript",
+                     "onnxruntime")) + ".",
+        "",
+    ]
+    for info in infos:
+        name = os.path.basename(info["file"])
+        lines += [f"## `{name}`", "",
+                  f"- {info['description']}",
+                  f"- opset {info['opset']}, {info['bytes'] / 1e6:.2f} MB"]
+        lines.append("- inputs:")
+        for i in info["inputs"]:
+            lines.append(f"  - `{i['name']}` {i['dtype']} {_fmt_dims(i['dims'])}")
+        lines.append("- outputs:")
+        for o in info["outputs"]:
+            lines.append(f"  - `{o['name']}` {o['dtype']} {_fmt_dims(o['dims'])}")
+        ops = ", ".join(f"{k} {v}" for k, v in info["ops"].items())
+        lines.append(f"- ops ({len(info['ops'])} types, {sum(info['ops'].values())} nodes): {ops}")
+        for c in info["checks"]:
+            lines.append(f"- checked ORT vs torch at {c['inputs']}: max abs diff "
+                         f"{c['max_abs_diff']:.2g} (max abs output {c['max_abs_ref']:.3g})")
+        if info.get("notes"):
+            lines.append(f"- note: {info['notes']}")
+        lines.append("")
+    union = sorted(set().union(*(i["ops"] for i in infos)))
+    lines += ["## Union of op types", "", ", ".join(union), ""]
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def _version(mod: str) -> str:
+    from importlib.metadata import version
+
+    try:
+        return version(mod)
+    except Exception:  # pragma: no cover
+        return "?"
+
+
+DESCRIPTIONS = {
+    "gpt": "transformers GPT2LMHeadModel, 2 layers, n_embd 64, 2 heads, vocab 1000, "
+           "n_positions 1024 (seq <= 1024)",
+    "bert": "transformers BertModel (no pooler), 2 layers, hidden 64, 2 heads, "
+            "intermediate 256, vocab 1000, max positions 1024 (seq <= 1024)",
+    "vit": "transformers ViTModel (no pooler), patch 16, config image 64, 2 layers, "
+           "hidden 64, 2 heads; interpolate_pos_encoding=True so any H, W >= 32 works "
+           "(tokens = (H//16)*(W//16)+1)",
+    "unet": "diffusers UNet2DConditionModel, block_out_channels (16, 32), "
+            "CrossAttnDownBlock2D/DownBlock2D + UpBlock2D/CrossAttnUpBlock2D, "
+            "layers_per_block 1, 8 GroupNorm groups, cross_attention_dim 32, head dim 8; "
+            "height and width must be EVEN (one down/up-sampling stage; odd sizes fail "
+            "at a Concat in ORT)",
+    "evoformer": "openfold3 EvoformerBlock (AF2 style: MSA row attention with pair "
+                 "bias, column attention, transition, outer product mean, triangle "
+                 "multiplications, triangle attentions, pair transition), c_m 16, "
+                 "c_z 8, hidden 4, 2 heads; pair-bias chunk loop patched out",
+}
+
+
+def export_tiny_suite(out_dir: str) -> list[dict]:
+    infos = []
+    for fam, attn, opset, stem in TINY_SUITE:
+        spec = BUILDERS[fam]("tiny", attn, opset)
+        spec.name = stem
+        info = export_spec(spec, out_dir, opset)
+        info["description"] = DESCRIPTIONS[fam] + (
+            f"; attn_implementation={attn!r}" if fam in ("gpt", "bert", "vit") else "")
+        if opset >= 23:
+            info["has_attention_op"] = "Attention" in info["ops"]
+            if not info["has_attention_op"]:
+                raise SystemExit(f"[{stem}] expected a standard Attention op at opset {opset}")
+            info["notes"] = "sdpa at opset 23: attention is the standard ONNX `Attention` op"
+        infos.append(info)
+    total = sum(i["bytes"] for i in infos)
+    if total > TINY_SUITE_MAX_BYTES:
+        raise SystemExit(f"tiny suite is {total} bytes, over {TINY_SUITE_MAX_BYTES}")
+    manifest = [{k: v for k, v in i.items() if k != "file"} | {"file": os.path.basename(i["file"])}
+                for i in infos]
+    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+    write_tiny_readme(infos, out_dir)
+    return infos
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m models.export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", choices=FAMILIES + ("all",), default="all")
+    ap.add_argument("--out", default="models/out")
+    ap.add_argument("--opset", type=int, choices=(20, 23), default=20)
+    ap.add_argument("--size", choices=("tiny", "bench"), default="bench")
+    ap.add_argument("--attn", choices=("eager", "sdpa", "both"), default="both",
+                    help="attention implementation for transformers families")
+    ap.add_argument("--time", action="store_true",
+                    help="also time onnxruntime CPU (2 threads) at bench lengths")
+    ap.add_argument("--report", default=None, help="write a JSON summary here")
+    ap.add_argument("--tiny-suite", action="store_true",
+                    help="export the committed test fixtures (tiny size, fixed names) "
+                         "plus README.md and manifest.json into --out")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.tiny_suite:
+        export_tiny_suite(args.out)
+        return 0
+    variants = VARIANTS[args.opset]
+    if args.family != "all":
+        variants = [v for v in variants if v[0] == args.family]
+        if not variants:
+            ap.error(f"--opset {args.opset} has no variant for --family {args.family}")
+    if args.attn != "both":
+        variants = [v for v in variants if v[1] in ("-", args.attn)]
+
+    infos = []
+    for fam, attn in variants:
+        spec = BUILDERS[fam](args.size, "eager" if attn == "-" else attn, args.opset)
+        info = export_spec(spec, args.out, args.opset, timing=args.time)
+        if args.opset >= 23 and attn == "sdpa":
+            info["has_attention_op"] = "Attention" in info["ops"]
+            print(f"  [{spec.name}] standard Attention op present: {info['has_attention_op']}")
+        infos.append(info)
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(infos, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
