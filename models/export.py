@@ -230,18 +230,56 @@ def run_checks(path: str, spec: Spec) -> list[dict]:
     return results
 
 
+_TIMING_CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+import onnxruntime as ort
+path, npz, threads, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+feed = dict(np.load(npz))
+so = ort.SessionOptions()
+so.intra_op_num_threads = threads
+so.inter_op_num_threads = 1
+sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+best = float("inf")
+for _ in range(repeat):
+    t0 = time.perf_counter()
+    sess.run(None, feed)
+    best = min(best, time.perf_counter() - t0)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": best, "rss_before_run_mib": base / 1024, "peak_rss_mib": peak / 1024}))
+"""
+
+
 def run_timing(path: str, spec: Spec, threads: int = 2, repeat: int = 2) -> list[dict]:
-    sess = _ort_session(path, threads)
+    """ORT CPU wall time (best of `repeat`) and peak RSS, each size in a fresh
+    process so the peak belongs to that size alone."""
+    import subprocess
+    import tempfile
+
+    sess = _ort_session(path)
+    names = {i.name for i in sess.get_inputs()}
+    del sess
     results = []
     for inputs in spec.timing:
-        feed = _feed(inputs, sess)
-        best = float("inf")
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            sess.run(None, feed)
-            best = min(best, time.perf_counter() - t0)
-        res = {"inputs": _shape_str(inputs), "seconds": round(best, 3), "threads": threads}
-        print(f"  [{spec.name}] ORT CPU {threads} threads at {res['inputs']}: {best:.3f} s")
+        with tempfile.TemporaryDirectory() as tmp:
+            npz = os.path.join(tmp, "feed.npz")
+            np.savez(npz, **{k: v.numpy() for k, v in inputs.items() if k in names})
+            proc = subprocess.run(
+                [sys.executable, "-c", _TIMING_CHILD, path, npz, str(threads), str(repeat)],
+                capture_output=True, text=True)
+        res = {"inputs": _shape_str(inputs), "threads": threads}
+        if proc.returncode != 0:
+            res["error"] = proc.stderr.strip().splitlines()[-1:]
+            print(f"  [{spec.name}] ORT CPU at {res['inputs']}: FAILED {res['error']}")
+        else:
+            m = json.loads(proc.stdout.strip().splitlines()[-1])
+            res.update(seconds=round(m["seconds"], 3),
+                       peak_rss_mib=round(m["peak_rss_mib"]),
+                       rss_before_run_mib=round(m["rss_before_run_mib"]))
+            print(f"  [{spec.name}] ORT CPU {threads} threads at {res['inputs']}: "
+                  f"{res['seconds']:.3f} s, peak RSS {res['peak_rss_mib']} MiB "
+                  f"(before run {res['rss_before_run_mib']} MiB)")
         results.append(res)
     return results
 
@@ -354,7 +392,7 @@ def gpt_spec(size: str, attn: str, opset: int) -> Spec:
     sample = {"input_ids": _ids(2, 17, V, 1), "attention_mask": _mask(2, 17, 1)}
     checks = [{"input_ids": _ids(2, s, V, s), "attention_mask": _mask(2, s, s)} for s in (33, 130)]
     timing = [{"input_ids": _ids(1, s, V, s), "attention_mask": _mask(1, s, s)}
-              for s in (1024, 2048)]
+              for s in (1024, 2048, 4096, 8192)]
     suffix = "" if attn == "eager" else f"_{attn}"
     suffix += "" if opset == 20 else f"_opset{opset}"
     return Spec(
@@ -389,7 +427,7 @@ def bert_spec(size: str, attn: str, opset: int) -> Spec:
     sample = {"input_ids": _ids(2, 17, V, 2), "attention_mask": _mask(2, 17, 2)}
     checks = [{"input_ids": _ids(2, s, V, s), "attention_mask": _mask(2, s, s)} for s in (33, 130)]
     timing = [{"input_ids": _ids(1, s, V, s), "attention_mask": _mask(1, s, s)}
-              for s in (1024, 2048)]
+              for s in (1024, 2048, 4096, 8192)]
     suffix = "" if attn == "eager" else f"_{attn}"
     suffix += "" if opset == 20 else f"_opset{opset}"
     return Spec(
@@ -439,7 +477,7 @@ def vit_spec(size: str, attn: str, opset: int) -> Spec:
         checks=[px(1, 64, 128, 4), px(2, 160, 160, 5), px(1, 72, 100, 18),
                 # tiny config's own image size: torch's short-cut path vs ONNX's Resize
                 px(1, config.image_size, config.image_size, 19)],
-        timing=[px(1, 512, 512, 6), px(1, 768, 768, 7)],
+        timing=[px(1, 512, 512, 6), px(1, 768, 768, 7), px(1, 1024, 1024, 20)],
         atol=2e-3,
     )
 
@@ -498,7 +536,7 @@ def unet_spec(size: str, attn: str, opset: int) -> Spec:
         output_names=["out_sample"],
         dynamic_axes={"sample": [0, 2, 3], "timestep": [0], "encoder_hidden_states": [0, 1]},
         checks=[inp(1, 16, 24, ctx_len, 9), inp(2, 32, 32, 5, 10)],
-        timing=[inp(1, 64, 64, 77, 11), inp(1, 96, 96, 77, 12)],
+        timing=[inp(1, 64, 64, 77, 11), inp(1, 96, 96, 77, 12), inp(1, 128, 128, 77, 21)],
         atol=2e-3,
     )
 
