@@ -69,9 +69,12 @@ class Estimate:
     output_bytes: int
     live_at_peak: list[LiveTensor] = field(default_factory=list)
     timeline: list[TimelinePoint] = field(default_factory=list)
+    after: list[int] = field(default_factory=list, repr=False)  # live bytes once each step freed its inputs
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("after")
+        return d
 
 
 def node_step(graph: Graph, node: Node, fused: dict[int, int] | None = None) -> Step:
@@ -191,7 +194,7 @@ def subgraph_peak(graph: Graph, node: Node) -> int:
 
 
 def liveness(steps: list[Step], sizes: dict[str, int], inputs: list[str], outputs: list[str], external=lambda t: False):
-    """Core walk. Returns (peak, peak_index, live_after_each_step, live_sets_at_peak, timeline).
+    """Core walk. Returns (peak, peak_index, live roots at the peak, bytes at each step, bytes after each step).
 
     `external(t)` marks tensors that are not activations of this walk (weights, outer scope).
     """
@@ -217,6 +220,7 @@ def liveness(steps: list[Step], sizes: dict[str, int], inputs: list[str], output
         frees.setdefault(max(b, -1), []).append(t)
     peak, peak_i, peak_live = live, -1, None
     timeline = []
+    after = []
     live_roots: set[str] = set(inputs)
     for i, s in enumerate(steps):
         alloc = 0
@@ -248,9 +252,10 @@ def liveness(steps: list[Step], sizes: dict[str, int], inputs: list[str], output
         for t in frees.pop(i, []):
             live -= buf_bytes[t]
             live_roots.discard(t)
+        after.append(live)
     if peak_live is None:
         peak_live = set(live_roots)
-    return peak, peak_i, peak_live, timeline, owner
+    return peak, peak_i, peak_live, timeline, after
 
 
 def graph_steps(graph: Graph) -> list[Step]:
@@ -264,7 +269,7 @@ def estimate_steps(graph: Graph, steps: list[Step], producer_name: dict[str, str
     weights = graph.initializers
     consts = {o for n in graph.nodes if n.op_type == "Constant" for o in n.outputs}
     inputs = list(graph.input_names)
-    peak, pi, roots, timeline, _ = liveness(steps, sizes, inputs, graph.output_names,
+    peak, pi, roots, timeline, after = liveness(steps, sizes, inputs, graph.output_names,
                                             external=lambda t: t in weights or t in consts)
     if producer_name is None:
         producer_name = {o: s.name for s in steps for o in s.outputs}
@@ -283,6 +288,7 @@ def estimate_steps(graph: Graph, steps: list[Step], producer_name: dict[str, str
         output_bytes=sum(sizes.get(t, 0) for t in graph.output_names),
         live_at_peak=live,
         timeline=[TimelinePoint(i, s.name, s.op_type, int(b)) for i, (s, b) in enumerate(zip(steps, timeline))],
+        after=[int(a) for a in after],
     )
 
 

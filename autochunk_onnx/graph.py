@@ -39,13 +39,16 @@ class TensorInfo:
     shape: tuple[int, ...] | None
     elem_type: int
 
-    @property
+    @cached_property
     def numel(self) -> int | None:
         if self.shape is None or any(d is None or d < 0 for d in self.shape):
             return None
-        return int(np.prod(self.shape, dtype=np.int64))
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
 
-    @property
+    @cached_property
     def nbytes(self) -> int | None:
         n = self.numel
         return None if n is None else int(n * itemsize(self.elem_type))
@@ -74,11 +77,11 @@ class Node:
     def domain(self) -> str:
         return self.proto.domain
 
-    @property
+    @cached_property
     def inputs(self) -> list[str]:
         return list(self.proto.input)
 
-    @property
+    @cached_property
     def outputs(self) -> list[str]:
         return list(self.proto.output)
 
@@ -89,7 +92,7 @@ class Node:
     def attr(self, name: str, default=None):
         return self.attrs.get(name, default)
 
-    @property
+    @cached_property
     def has_subgraph(self) -> bool:
         return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in self.proto.attribute)
 
@@ -137,7 +140,7 @@ class Graph:
 
     def nbytes(self, name: str) -> int:
         t = self.tensors.get(name)
-        return 0 if t is None or t.nbytes is None else t.nbytes
+        return 0 if t is None else (t.nbytes or 0)
 
     def is_weight(self, name: str) -> bool:
         return name in self.initializers

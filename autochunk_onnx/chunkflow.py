@@ -1,0 +1,236 @@
+"""The chunk flow: trace one output dim backwards through a window of nodes.
+
+Given the region's end tensor and a dim of it, each node's rule (dimrules) says which dim of each
+input the chunk comes from. Walking the window in reverse order gives every tensor a requirement:
+
+* `Cut(axis, scale)` - computed (or sliced) chunk by chunk along `axis`, `scale` elements per unit;
+* `WHOLE` - needed in full: computed before the loop (hoisted) and read from the outer scope;
+* `VALUE` - a small shape-valued tensor (Reshape target): computed inside the loop if it reads
+  chunked tensors, else before it; Reshape/Expand/ConstantOfShape targets are patched in the body.
+
+A node whose rule mixes the dim (softmax or reduction over it, a contraction, Concat on it), an
+unknown or custom op, or a node feeding both chunked and whole consumers is computed whole: this
+is how unknown ops bound a region instead of aborting the search.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from math import lcm
+from typing import Union
+
+from .dimrules import MIX, SHAPE_INPUT, SHAPE_OPS, trace_node
+from .graph import Graph, Node
+
+WHOLE = "WHOLE"
+VALUE = "VALUE"
+
+# Ops allowed to compute small shape-valued tensors inside the loop.
+SHAPE_ARITH = frozenset({
+    "Shape", "Size", "Gather", "Concat", "Unsqueeze", "Squeeze", "Slice", "Cast", "Add", "Sub", "Mul",
+    "Div", "Constant", "Identity", "Reshape", "Equal", "Where", "Max", "Min", "Neg", "Abs", "ReduceProd",
+})
+SMALL_VALUE = 64  # elements: a VALUE tensor must be tiny
+
+
+@dataclass(frozen=True)
+class Cut:
+    axis: int
+    scale: Fraction
+
+
+@dataclass
+class Region:
+    """One chunk loop: which nodes run in it, along which dim each tensor is cut, its outputs."""
+
+    end: str  # the tensor the region was traced from
+    body: list[Node]  # in execution order
+    hoisted: list[Node]  # window nodes needed whole, run before the loop
+    cuts: dict[str, Cut]  # chunked tensors produced in the body
+    in_cuts: dict[int, list[Cut | None]]  # body node index -> how each input is read
+    outputs: list[str]  # produced in the body, needed after the loop
+    units: int  # N: length of the cut, in units
+    start_index: int  # window start (node index in graph order)
+    end_index: int
+    chunk: int = 0  # units per iteration, set by selection
+    outer_reads: list[str] = field(default_factory=list)  # outer tensors read whole by the body
+    slices: list[tuple[str, Cut]] = field(default_factory=list)  # outer tensors sliced in the body
+    value_nodes: set[int] = field(default_factory=set)  # body nodes computing shape values
+
+    @property
+    def inputs(self) -> list[str]:
+        seen = dict.fromkeys([t for t in self.outer_reads] + [t for t, _ in self.slices])
+        return list(seen)
+
+    @property
+    def iterations(self) -> int:
+        return -(-self.units // self.chunk) if self.chunk else 0
+
+    @property
+    def nodes(self) -> set[int]:
+        return {n.index for n in self.body}
+
+
+def _merge(a, b):
+    if a is None:
+        return b
+    if b is None or a == b:
+        return a
+    return WHOLE
+
+
+def trace_region(graph: Graph, order: list[int], end_pos: int, end_tensor: str, axis: int, start_pos: int,
+                 opaque: set[int] = frozenset()) -> Region | None:
+    """Trace `end_tensor`'s `axis` back over `order[start_pos:end_pos+1]` (node indices).
+
+    `opaque` are nodes that must not enter a loop (already chunked by an earlier stage).
+    Returns None when no chunked region results (nothing cuttable, mismatched lengths).
+    """
+    flow = trace_flow(graph, order, end_pos, end_tensor, axis, start_pos, opaque)
+    return flow.region(start_pos)
+
+
+class Flow:
+    """The modes of every node in a window, traced once; `region(s)` cuts it at any start.
+
+    A node's mode depends only on its consumers, which all come after it, so one backward pass
+    serves every window start at once.
+    """
+
+    def __init__(self, graph, order, end_pos, end_tensor, mode, in_cuts, req):
+        self.graph, self.order, self.end_pos, self.end_tensor = graph, order, end_pos, end_tensor
+        self.mode, self.in_cuts, self.req = mode, in_cuts, req
+
+    def region(self, start_pos: int) -> Region | None:
+        window = self.order[start_pos:self.end_pos + 1]
+        keep = set(window)
+        mode = {i: m for i, m in self.mode.items() if i in keep}
+        return _build(self.graph, window, keep, self.end_tensor, mode, self.in_cuts, self.req,
+                      self.order[start_pos], self.order[self.end_pos])
+
+
+def trace_flow(graph: Graph, order: list[int], end_pos: int, end_tensor: str, axis: int, start_pos: int,
+               opaque: set[int] = frozenset()) -> Flow:
+    window = order[start_pos:end_pos + 1]
+    req: dict[str, object] = {end_tensor: Cut(axis, Fraction(1))}
+    mode: dict[int, str] = {}
+    in_cuts: dict[int, list[Cut | None]] = {}
+    for idx in reversed(window):
+        n = graph.nodes[idx]
+        used = [o for o in n.outputs if o and (o in graph.consumers or o in graph.output_names)]
+        reqs = [req.get(o) for o in used]
+        if all(r is None for r in reqs):
+            continue
+        m, cuts = _decide(graph, n, used, reqs, idx in opaque)
+        mode[idx] = m
+        if m == "CHUNK":
+            in_cuts[idx] = cuts
+            for k, (i, c) in enumerate(zip(n.inputs, cuts)):
+                if not i:
+                    continue
+                if c is not None:
+                    req[i] = _merge(req.get(i), c)
+                elif SHAPE_INPUT.get(n.op_type) == k:
+                    req[i] = _merge(req.get(i), VALUE)
+                else:
+                    req[i] = _merge(req.get(i), WHOLE)
+        elif m == "VALUE":
+            if n.op_type not in SHAPE_OPS:
+                for i in n.inputs:
+                    if i:
+                        req[i] = _merge(req.get(i), VALUE)
+        else:
+            for i in n.inputs:
+                if i:
+                    req[i] = _merge(req.get(i), WHOLE)
+    return Flow(graph, order, end_pos, end_tensor, mode, in_cuts, req)
+
+
+def _decide(graph: Graph, n: Node, used: list[str], reqs: list, opaque: bool):
+    """Mode of one node from its outputs' requirements: CHUNK (with input cuts), VALUE or WHOLE."""
+    if opaque or any(r == WHOLE for r in reqs) or any(r is None for r in reqs):
+        return WHOLE, None
+    if all(r == VALUE for r in reqs):
+        small = all((graph.info(o) is not None and graph.info(o).numel is not None and graph.info(o).numel <= SMALL_VALUE) for o in used)
+        return ("VALUE" if n.op_type in SHAPE_ARITH and small and n.domain in ("", "ai.onnx") else WHOLE), None
+    if any(r == VALUE for r in reqs):
+        return WHOLE, None
+    result = None
+    for o, r in zip(used, reqs):
+        k = n.outputs.index(o)
+        res = trace_node(graph, n, k, r.axis)
+        if res == MIX:
+            return WHOLE, None
+        cuts = [None if c is None else Cut(c[0], r.scale * c[1]) for c in res]
+        if result is not None and cuts != result:
+            return WHOLE, None
+        result = cuts
+    return "CHUNK", result
+
+
+def _build(graph: Graph, window: list[int], in_window: set[int], end_tensor: str, mode: dict[int, str],
+           in_cuts: dict[int, list], req: dict, start_index: int, end_index: int) -> Region | None:
+    chunk_nodes = {i for i, m in mode.items() if m == "CHUNK"}
+    if graph.producer.get(end_tensor) not in chunk_nodes:
+        return None
+    # VALUE nodes run in the loop when they read something produced in it (chunk shapes).
+    in_loop = set(chunk_nodes)
+    value_nodes = set()
+    for idx in window:
+        if mode.get(idx) == "VALUE":
+            if any(graph.producer.get(i) in in_loop for i in graph.nodes[idx].inputs if i):
+                in_loop.add(idx)
+                value_nodes.add(idx)
+    body = [graph.nodes[i] for i in window if i in in_loop]
+    hoisted = [graph.nodes[i] for i in window if i in mode and i not in in_loop]
+    produced = {o for n in body for o in n.outputs if o}
+    # Region outputs: produced in the loop, used after it.
+    outputs = []
+    for n in body:
+        for o in n.outputs:
+            if not o:
+                continue
+            outside = [c for c in graph.consumers.get(o, []) if c not in in_loop]
+            if outside or o in graph.output_names:
+                if n.index in value_nodes or not isinstance(req.get(o), Cut):
+                    return None  # a chunk-shaped value escaping the loop
+                outputs.append(o)
+    if end_tensor not in outputs:
+        return None
+    # Normalise scales so every cut length is a whole number of elements per unit.
+    cuts = {t: r for t, r in req.items() if isinstance(r, Cut) and t in produced}
+    slices: dict[tuple[str, Cut], None] = {}
+    outer: dict[str, None] = {}
+    for n in body:
+        for k, i in enumerate(n.inputs):
+            if not i or i in produced:
+                continue
+            c = in_cuts.get(n.index, [None] * len(n.inputs))[k] if n.index in in_cuts else None
+            if c is not None:
+                slices[(i, c)] = None
+            else:
+                outer[i] = None
+    all_cuts = list(cuts.values()) + [c for _, c in slices]
+    den = 1
+    for c in all_cuts:
+        den = lcm(den, c.scale.denominator)
+    units = None
+    for t, c in list(cuts.items()) + list(slices):
+        shape = graph.shape(t)
+        if shape is None:
+            return None
+        length = Fraction(shape[c.axis]) / (c.scale * den)
+        if length.denominator != 1 or (units is not None and units != length):
+            return None
+        units = int(length)
+    if units is None or units < 2:
+        return None
+    norm = lambda c: Cut(c.axis, c.scale * den)  # noqa: E731
+    region = Region(
+        end=end_tensor, body=body, hoisted=hoisted,
+        cuts={t: norm(c) for t, c in cuts.items()},
+        in_cuts={i: [None if c is None else norm(c) for c in cs] for i, cs in in_cuts.items()},
+        outputs=outputs, units=units, start_index=start_index, end_index=end_index,
+        outer_reads=list(outer), slices=[(t, norm(c)) for t, c in slices], value_nodes=value_nodes,
+    )
+    return region

@@ -1,0 +1,92 @@
+"""Predicted speed cost of running a region as a chunk loop, relative to the whole model.
+
+time(model) ~ sum over nodes of (FLOPs / FLOP_RATE + bytes touched / MEM_RATE + NODE_S);
+a chunk loop adds, per iteration, ITER_S plus NODE_S for every node in the body; copies of the
+sliced inputs and of the joined outputs (sequence insert + concat: twice the output bytes); and
+GEMMs whose row count shrinks to the chunk run less efficiently: efficiency(m) = m / (m + GEMM_M0).
+Constants were fitted on ORT 1.31 CPU, 2 cores (bench/calibrate.py prints the measurements they
+come from); only ratios between plans matter for selection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .graph import Graph, Node
+
+FLOP_RATE = 40e9  # FLOP/s of large fp32 GEMMs
+MEM_RATE = 4e9  # bytes/s for elementwise ops and copies
+NODE_S = 4e-6  # per kernel launch inside ORT
+ITER_S = 25e-6  # per Loop iteration (body session setup, slicing the trip)
+GEMM_M0 = 8.0  # rows at which a GEMM reaches half its large-size throughput
+
+
+def node_flops(graph: Graph, n: Node) -> float:
+    """Multiply-adds x2 of GEMM-like ops; elementwise work is counted as bytes instead."""
+    if n.op_type in ("MatMul", "Gemm", "FusedMatMul"):
+        a = graph.shape(n.inputs[0])
+        y = graph.shape(n.outputs[0])
+        if a and y:
+            k = a[-1] if not (n.op_type == "Gemm" and n.attr("transA", 0)) else a[0]
+            return 2.0 * _prod(y) * k
+    if n.op_type == "Einsum":
+        from .dimrules import parse_einsum
+        shapes = [graph.shape(i) for i in n.inputs]
+        if all(shapes):
+            eq = n.attr("equation")
+            eq = eq.decode() if isinstance(eq, bytes) else eq
+            ins, _ = parse_einsum(eq, [len(s) for s in shapes])
+            sizes = {}
+            for term, s in zip(ins, shapes):
+                for ch, d in zip(term, s):
+                    sizes[ch] = max(sizes.get(ch, 1), d)
+            return 2.0 * _prod(sizes.values())
+    if n.op_type == "Conv":
+        w, y = graph.shape(n.inputs[1]), graph.shape(n.outputs[0])
+        if w and y:
+            return 2.0 * _prod(y) * _prod(w[1:])
+    return 0.0
+
+
+def _prod(xs) -> float:
+    r = 1.0
+    for x in xs:
+        r *= x
+    return r
+
+
+def node_time(graph: Graph, n: Node) -> float:
+    moved = sum(graph.nbytes(t) for t in n.inputs + n.outputs if t and not graph.is_weight(t))
+    return node_flops(graph, n) / FLOP_RATE + moved / MEM_RATE + NODE_S
+
+
+def model_time(graph: Graph) -> float:
+    return sum(node_time(graph, n) for n in graph.nodes)
+
+
+@dataclass
+class LoopCost:
+    extra_s: float
+    iterations: int
+
+
+def loop_cost(graph: Graph, region, chunk: int) -> LoopCost:
+    """Extra seconds the region costs as a loop with `chunk` units per iteration."""
+    iters = -(-region.units // chunk)
+    extra = iters * (ITER_S + NODE_S * (len(region.body) + 2 * len(region.slices) + 2 * len(region.outputs)))
+    extra += sum(graph.nbytes(t) for t, _ in region.slices) / MEM_RATE
+    extra += 2 * sum(graph.nbytes(t) for t in region.outputs) / MEM_RATE
+    for n in region.body:
+        f = node_flops(graph, n)
+        if not f:
+            continue
+        cuts = region.cuts.get(n.outputs[0])
+        y = graph.shape(n.outputs[0])
+        if cuts is None or not y:
+            continue
+        rows_full = y[-2] if len(y) >= 2 else 1
+        rows = rows_full
+        if cuts.axis == len(y) - 2:  # the GEMM's M dim is the one cut
+            rows = max(1, chunk * int(cuts.scale))
+        eff = lambda m: m / (m + GEMM_M0)  # noqa: E731
+        extra += f / FLOP_RATE * (eff(rows_full) / eff(min(rows, rows_full)) - 1.0)
+    return LoopCost(extra, iters)

@@ -1,0 +1,78 @@
+"""Candidate regions around the current memory peak.
+
+The tensors live at the peak that are largest are the anchors: a useful region computes an anchor
+inside the loop (its producer and all its consumers run there), so windows start at or before
+the anchor's producer and end at or after its last consumer. For every end node in reach, every
+dim of its output and every start in reach, the chunk flow decides what runs in the loop.
+"""
+from __future__ import annotations
+
+from .chunkflow import Region, trace_flow
+from .estimate import Estimate
+from .graph import Graph
+
+FORWARD = 24  # end nodes considered after the anchor's last consumer
+BACKWARD = 48  # start nodes considered before the anchor's producer
+ANCHORS = 3
+
+
+def anchors(graph: Graph, est: Estimate, opaque: set[int]) -> list[str]:
+    """Largest tensors live at the peak that a plain node produces."""
+    out = []
+    for lt in est.live_at_peak:
+        p = graph.producer.get(lt.name)
+        if p is None or p in opaque or lt.bytes <= 0:
+            continue
+        out.append(lt.name)
+        if len(out) == ANCHORS:
+            break
+    return out
+
+
+def candidates(graph: Graph, est: Estimate, opaque: set[int]) -> list[Region]:
+    """All distinct legal regions that would make one of the anchors loop-internal."""
+    order = list(range(len(graph.nodes)))
+    seen: set = set()
+    found: list[Region] = []
+    for anchor in anchors(graph, est, opaque):
+        a = graph.producer[anchor]
+        last = max(graph.consumers.get(anchor, [a]))
+        if anchor in graph.output_names:
+            continue
+        for e in range(last, min(len(order), last + FORWARD + 1)):
+            if e in opaque:
+                continue
+            n = graph.nodes[e]
+            used = [o for o in n.outputs if o and (o in graph.consumers or o in graph.output_names)]
+            if len(used) != 1:
+                continue
+            shape = graph.shape(used[0])
+            if not shape:
+                continue
+            for axis, dim in enumerate(shape):
+                if dim < 2:
+                    continue
+                prev_body = None
+                lo = a
+                while lo > 0 and a - lo < BACKWARD and lo - 1 not in opaque:
+                    lo -= 1
+                flow = trace_flow(graph, order, e, used[0], axis, lo, opaque)
+                if graph.producer.get(anchor) not in flow.mode or flow.mode[a] != "CHUNK":
+                    continue
+                for s in range(a, lo - 1, -1):
+                    if s != a and flow.mode.get(s) != "CHUNK":
+                        continue  # the loop body only changes where a chunked node joins
+                    r = flow.region(s)
+                    if r is None:
+                        continue
+                    key = (frozenset(r.nodes), tuple(r.outputs), axis)
+                    body = key[0]
+                    if body == prev_body or key in seen:
+                        continue
+                    prev_body = body
+                    produced = {o for b in r.body for o in b.outputs}
+                    if anchor not in produced or anchor in r.outputs:
+                        continue
+                    seen.add(key)
+                    found.append(r)
+    return found

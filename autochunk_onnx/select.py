@@ -1,0 +1,97 @@
+"""Choose, among candidate regions, the one that meets the budget at the least predicted slowdown.
+
+The loop's memory grows monotonically with the chunk size, so the largest chunk that fits is
+found by bisection (`largest_fitting`, proved against brute force by a property test). The
+chunk is then balanced: the same number of iterations with the smallest equal chunk.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .chunkflow import Region
+from .costmodel import loop_cost
+from .estimate import Estimate
+from .graph import Graph
+from .schedule import body_peak_fn
+
+MAX_ITERATIONS = 1024
+
+
+def largest_fitting(f: Callable[[int], int], lo: int, hi: int, limit: int) -> int | None:
+    """Largest c in [lo, hi] with f(c) <= limit, for f non-decreasing; None if even f(lo) > limit."""
+    if lo > hi or f(lo) > limit:
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if f(mid) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def balanced(units: int, chunk: int) -> int:
+    """Same iteration count, smallest equal chunk: less memory for the same overhead."""
+    iters = -(-units // chunk)
+    return -(-units // iters)
+
+
+@dataclass
+class Choice:
+    region: Region
+    chunk: int
+    predicted_peak: int  # quick estimate of the loop step
+    slowdown: float  # predicted extra time / model time
+    fits: bool
+
+
+class QuickCost:
+    """Memory of a candidate's loop step, from the current plan's timeline (no full re-estimate)."""
+
+    def __init__(self, graph: Graph, est: Estimate, order, fused):
+        self.graph, self.est, self.fused = graph, est, fused
+        self.pos = {it: k for k, it in enumerate(order) if isinstance(it, int)}
+        tl = [p.live_bytes for p in est.timeline]
+        self.prefix = [0] * (len(tl) + 1)
+        for k, v in enumerate(tl):
+            self.prefix[k + 1] = max(self.prefix[k], v)
+        self.suffix = [0] * (len(tl) + 1)
+        for k in range(len(tl) - 1, -1, -1):
+            self.suffix[k] = max(self.suffix[k + 1], tl[k])
+        self.start_bytes = est.input_bytes
+
+    def loop_fn(self, r: Region) -> tuple[Callable[[int], int], int]:
+        """(chunk -> loop-step bytes, peak of the steps outside the window)."""
+        g = self.graph
+        ps = [self.pos[n.index] for n in r.body]
+        p0, p1 = min(ps), max(ps)
+        before = self.est.after[p0 - 1] if p0 > 0 else self.start_bytes
+        hoisted = sum(g.nbytes(o) for n in r.hoisted if n.index in self.pos and p0 <= self.pos[n.index] <= p1
+                      for o in n.outputs if o)
+        out_total = sum(g.nbytes(t) for t in r.outputs)
+        base = before + hoisted + out_total
+        bp = body_peak_fn(g, r, self.fused)
+
+        def f(c: int) -> int:
+            return base + max(bp(c), out_total)
+
+        return f, max(self.prefix[p0], self.suffix[p1 + 1])
+
+
+def choose(graph: Graph, cands: list[Region], quick: QuickCost, budget: int, model_s: float) -> list[Choice]:
+    """Rank candidates: fitting ones by predicted slowdown, then the rest by the memory they reach."""
+    choices = []
+    for r in cands:
+        f, _outside = quick.loop_fn(r)
+        c_min = max(1, -(-r.units // MAX_ITERATIONS))
+        c = largest_fitting(f, c_min, r.units - 1, budget)
+        fits = c is not None
+        if not fits:
+            floor = f(c_min)
+            c = largest_fitting(f, c_min, r.units - 1, int(floor * 1.02) + 1) or c_min
+        c = balanced(r.units, c)
+        slow = loop_cost(graph, r, c).extra_s / model_s
+        choices.append(Choice(r, c, f(c), slow, fits))
+    choices.sort(key=lambda ch: (not ch.fits, ch.slowdown if ch.fits else ch.predicted_peak, len(ch.region.body)))
+    return choices
