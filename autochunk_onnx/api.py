@@ -1,0 +1,240 @@
+"""The Python API: load -> shapes -> estimate -> plan -> rewrite -> verify -> report.
+
+The CLI is a thin layer over these functions; they raise AutochunkError subclasses carrying the
+exit code, and never print.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+from .budget import parse_budget
+from .compare import OutputDiff, all_ok, compare_outputs
+from .errors import BadInputError, BudgetUnreachableError, VerificationError
+from .estimate import Estimate, estimate_graph
+from .graph import Graph
+from .inputs import load_inputs, make_inputs
+from .loader import load_model, parse_input_shapes, pin_input_shapes, unpinned_inputs
+from .measure import Measurement, measure
+from .planner import Plan, plan
+from .rewrite import rewrite
+from .save import save_model
+from .shapes import infer_graph, require_shapes
+
+
+@dataclass
+class Loaded:
+    """A model read from disk (weights left there), pinned and shape-inferred."""
+
+    path: Path
+    original: onnx.ModelProto
+    pinned: onnx.ModelProto
+    graph: Graph
+    shapes: dict[str, tuple[int, ...]]  # concrete shape of every graph input
+
+
+def load(path: str | os.PathLike, input_shapes: dict[str, list[int]] | list[str] | tuple[str, ...] | None = None) -> Loaded:
+    """Load, pin the input dims, infer every shape; BadInputError names what is missing."""
+    if input_shapes is None:
+        input_shapes = {}
+    if not isinstance(input_shapes, dict):
+        input_shapes = parse_input_shapes(input_shapes)
+    original = load_model(path)
+    pinned = copy.deepcopy(original)
+    pin_input_shapes(pinned, input_shapes)
+    missing = unpinned_inputs(pinned)
+    if missing:
+        raise BadInputError(f"input dim not pinned: {missing[0]}; hint: pass --input-shape NAME:DIMS for every dynamic input")
+    graph = infer_graph(pinned)
+    require_shapes(graph)
+    shapes = {n: graph.shape(n) for n in graph.input_names}
+    return Loaded(Path(path), original, pinned, graph, shapes)
+
+
+def estimate(path, input_shapes=None) -> tuple[Loaded, Estimate]:
+    m = load(path, input_shapes)
+    return m, estimate_graph(m.graph)
+
+
+def dynamic_shapes(m: Loaded) -> dict[str, tuple]:
+    """Every tensor's shape at a second pinning (dynamic dims doubled): dims that differ are dynamic."""
+    second = copy.deepcopy(m.original)
+    shapes2 = {}
+    for vi in m.original.graph.input:
+        if vi.name not in m.shapes:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        shapes2[vi.name] = [v if d.HasField("dim_value") else 2 * v for d, v in zip(dims, m.shapes[vi.name])]
+    try:
+        pin_input_shapes(second, shapes2)
+        g2 = infer_graph(second)
+    except Exception:  # noqa: BLE001 - without it every dim is declared symbolic, still correct
+        return {}
+    return {k: v.shape for k, v in g2.tensors.items() if v.shape is not None and None not in v.shape}
+
+
+@dataclass
+class VerifyReport:
+    """Both models run on the same inputs: per-output differences, memory and latency of each."""
+
+    ok: bool
+    diffs: list[OutputDiff]
+    original: Measurement
+    chunked: Measurement
+    atol: float | None
+    rtol: float | None
+
+    @property
+    def mem_ratio(self) -> float:
+        return self.chunked.peak_bytes / self.original.peak_bytes if self.original.peak_bytes > 0 else float("nan")
+
+    @property
+    def latency_ratio(self) -> float:
+        return self.chunked.latency_s / self.original.latency_s if self.original.latency_s > 0 else float("nan")
+
+
+def verify(original_path, chunked_path, input_shapes=None, *, feeds=None, inputs_path: str | None = None,
+           providers: list[str] | None = None, atol: float | None = None, rtol: float | None = None,
+           seed: int = 0, repeats: int = 3, loaded: Loaded | None = None) -> VerifyReport:
+    """Run both models (each in its own child process) and compare every output."""
+    if feeds is None:
+        if inputs_path:
+            feeds = load_inputs(inputs_path)
+        else:
+            m = loaded or load(original_path, input_shapes)
+            feeds = make_inputs(m.original, m.shapes, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="autochunk-verify-") as tmp:
+        a = measure(str(original_path), feeds, providers=providers, repeats=repeats, keep_outputs=True,
+                    outputs_path=os.path.join(tmp, "a.npz"))
+        b = measure(str(chunked_path), feeds, providers=providers, repeats=repeats, keep_outputs=True,
+                    outputs_path=os.path.join(tmp, "b.npz"))
+        ref, got = load_inputs(a.outputs_path), load_inputs(b.outputs_path)
+    a.outputs_path = b.outputs_path = None
+    diffs = compare_outputs(ref, got, atol=atol, rtol=rtol)
+    return VerifyReport(all_ok(diffs), diffs, a, b, atol, rtol)
+
+
+@dataclass
+class OptimizeResult:
+    plan: Plan
+    output_path: Path | None
+    written: list[Path] = field(default_factory=list)
+    verify: VerifyReport | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    budget: int = 0
+    budget_text: str = ""
+
+
+def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_output: bool = True,
+             best_effort: bool = False, dry_run: bool = False, force: bool = False, keep_failed: bool = False,
+             providers: list[str] | None = None, atol: float | None = None, rtol: float | None = None,
+             seed: int = 0, inputs_path: str | None = None,
+             progress: Callable[[str], None] | None = None) -> OptimizeResult:
+    """Plan and write a chunked model that fits `budget`; verify it unless told not to."""
+    say = progress or (lambda _msg: None)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    src = Path(path)
+    out = Path(out_path) if out_path is not None else None
+    if out is not None and not dry_run:
+        _check_output_path(src, out, force)
+    say("loading and inferring shapes")
+    m = load(src, input_shapes)
+    timings["load_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    original = estimate_graph(m.graph)
+    budget_bytes = budget if isinstance(budget, int) else parse_budget(budget, original.peak_bytes)
+    timings["estimate_s"] = time.perf_counter() - t
+    say("searching chunk regions")
+    t = time.perf_counter()
+    p = plan(m.graph, budget_bytes, original)
+    timings["search_s"] = time.perf_counter() - t
+    result = OptimizeResult(p, None, timings=timings, budget=budget_bytes, budget_text=str(budget))
+    if not p.fits and not best_effort:
+        where = f"peak at node {p.final.peak_node}, {p.final.peak_op}"
+        raise BudgetUnreachableError(
+            f"budget {_fmt(budget_bytes)} unreachable: best plan reaches {_fmt(p.final.peak_bytes)} ({where})", best_plan=p)
+    if dry_run or out is None:
+        return result
+    say("rewriting into Loops")
+    t = time.perf_counter()
+    model = rewrite(m.original, m.graph, p.regions, dynamic_shapes(m) if p.regions else None)
+    if p.regions:
+        _record_change(model, p)
+    timings["rewrite_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True) if not out.parent.exists() else None
+    tmp_out = out.with_name(f".{out.name}.unverified.onnx") if verify_output else out
+    written = save_model(model, tmp_out, src.parent)
+    timings["write_s"] = time.perf_counter() - t
+    if verify_output:
+        say("verifying in ONNX Runtime")
+        t = time.perf_counter()
+        try:
+            rep = verify(src, tmp_out, feeds=None, inputs_path=inputs_path, providers=providers, atol=atol, rtol=rtol,
+                         seed=seed, loaded=m)
+        except BaseException:
+            _remove(written)
+            raise
+        timings["verify_s"] = time.perf_counter() - t
+        result.verify = rep
+        if not rep.ok:
+            if keep_failed:
+                kept = save_model(model, out.with_name(out.name + ".failed.onnx"), src.parent)
+                _remove(written)
+                written = kept
+            else:
+                _remove(written)
+            bad = next(d for d in rep.diffs if not d.ok)
+            raise VerificationError(
+                f"verification failed: output {bad.name!r} differs (max abs {bad.max_abs:.3g}, max rel {bad.max_rel:.3g}, "
+                f"{bad.mismatches}/{bad.total} elements out of tolerance{'; ' + bad.note if bad.note else ''})", report=rep)
+        written = save_model(model, out, src.parent)
+        _remove([w for w in (tmp_out, Path(str(tmp_out) + ".data")) if w.exists()])
+    result.output_path = out
+    result.written = written
+    return result
+
+
+def _record_change(model: onnx.ModelProto, p: Plan) -> None:
+    """Say in the model what was done, without touching the user's own metadata keys."""
+    entry = next((e for e in model.metadata_props if e.key == "autochunk"), None)
+    if entry is None:
+        entry = model.metadata_props.add()
+        entry.key = "autochunk"
+    entry.value = f"{len(p.regions)} chunked regions; estimated peak {p.original.peak_bytes} -> {p.final.peak_bytes} bytes"
+
+
+def _check_output_path(src: Path, out: Path, force: bool) -> None:
+    if out.exists() and out.is_dir():
+        raise BadInputError(f"output {out} is a folder")
+    if src.exists() and out.exists() and os.path.samefile(src, out) and not force:
+        raise BadInputError(f"output {out} is the input model; refusing to overwrite it (use --force)")
+    folder = out.parent if str(out.parent) else Path(".")
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise BadInputError(f"output folder {folder} is not writable")
+
+
+def _remove(paths) -> None:
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def _fmt(n: int) -> str:
+    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n} B"
