@@ -25,6 +25,7 @@ from .loader import load_model, parse_input_shapes, pin_input_shapes, unpinned_i
 from .measure import Measurement, measure
 from .planner import Plan, plan
 from .rewrite import rewrite
+from .loader import load_model  # noqa: F401  (re-exported for the CLI)
 from .save import save_model
 from .shapes import infer_graph, require_shapes
 
