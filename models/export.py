@@ -231,7 +231,7 @@ def run_checks(path: str, spec: Spec) -> list[dict]:
 
 
 _TIMING_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 import onnxruntime as ort
 path, npz, threads, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -240,13 +240,22 @@ so = ort.SessionOptions()
 so.intra_op_num_threads = threads
 so.inter_op_num_threads = 1
 sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])  # kB
+base = status("VmRSS")
+try:  # reset the high-water mark so the peak is the run's, not session creation's
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
 best = float("inf")
 for _ in range(repeat):
     t0 = time.perf_counter()
     sess.run(None, feed)
     best = min(best, time.perf_counter() - t0)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = status("VmHWM")
 print(json.dumps({"seconds": best, "rss_before_run_mib": base / 1024, "peak_rss_mib": peak / 1024}))
 """
 
@@ -270,7 +279,9 @@ def run_timing(path: str, spec: Spec, threads: int = 2, repeat: int = 2) -> list
                 capture_output=True, text=True)
         res = {"inputs": _shape_str(inputs), "threads": threads}
         if proc.returncode != 0:
-            res["error"] = proc.stderr.strip().splitlines()[-1:]
+            tail = proc.stderr.strip().splitlines()[-1:]
+            res["error"] = f"exit {proc.returncode}" + (f": {tail[0]}" if tail else
+                                                         " (killed: out of memory?)")
             print(f"  [{spec.name}] ORT CPU at {res['inputs']}: FAILED {res['error']}")
         else:
             m = json.loads(proc.stdout.strip().splitlines()[-1])
