@@ -156,8 +156,8 @@ def _emit_region(graph: Graph, r: Region, r_i: int, names: _Names, dynamic: dict
         if scale not in scaled:
             k = _const(body, names, f"{tag}/scale{scale}", [scale])
             s2, e2, l2 = names(f"{tag}/start_x{scale}"), names(f"{tag}/end_x{scale}"), names(f"{tag}/len_x{scale}")
-            body += [helper.make_node("Mul", [start, k], [s2], name=s2), helper.make_node("Mul", [end, k], [e2], name=e2),
-                     helper.make_node("Mul", [clen, k], [l2], name=l2)]
+            body.extend([helper.make_node("Mul", [start, k], [s2], name=s2), helper.make_node("Mul", [end, k], [e2], name=e2),
+                         helper.make_node("Mul", [clen, k], [l2], name=l2)])
             scaled[scale] = (s2, e2, l2)
         return scaled[scale]
 
