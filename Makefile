@@ -1,0 +1,39 @@
+# autochunk-onnx: `make demo` (optimize the shipped example), `make test` (the suite CI runs).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test models bench bench-quick fuzz clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p demo-out
+	$(BIN)/autochunk-onnx optimize models/examples/gpt_small.onnx demo-out/gpt_small.chunked.onnx \
+		--budget 20% --input-shape input_ids:1x4096
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+# Real architectures exported with torch (generation-time tools in their own venv).
+models:
+	$(PY) -m venv .venv-models
+	.venv-models/bin/pip install -q -r models/requirements.txt
+	.venv-models/bin/pip install -q --no-deps openfold3
+	.venv-models/bin/python -m models.export --family all --out models/out --size bench
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
+
+clean:
+	rm -rf demo-out .pytest_cache
