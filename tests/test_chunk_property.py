@@ -227,3 +227,17 @@ def test_reshape_chain_chunked_equals_whole(case, data):
     assert "tr1" in {n.name for n in r.body} and "add" in {n.name for n in r.body}
     chunk = data.draw(st.integers(1, r.units - 1), label="chunk")
     _chunked_equals_whole(model, g, r, chunk, {"x": x})
+
+
+@pytest.mark.xfail(strict=True, reason="dimrules.matmul [..., M, K] @ [K] maps output axis a to A axis a+1: "
+                   "when K == M the region slices A along the contraction dim and the Loop fails at run time")
+def test_matmul_vector_rhs_chunked_equals_whole():
+    L = 4
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"), helper.make_node("MatMul", ["h", "v"], ["y"], name="mv")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", F, ["b", L, L])],
+                   [helper.make_tensor_value_info("y", F, [None, None])],
+                   [numpy_helper.from_array(np.arange(L, dtype=np.float32), "v")])
+    g, r = _trace(model, {"x": [2, L, L]}, "y", 1)
+    assert r is not None
+    x = np.random.default_rng(0).standard_normal((2, L, L)).astype(np.float32)
+    _chunked_equals_whole(model, g, r, 2, {"x": x})
