@@ -102,7 +102,7 @@ def matmul(g: Graph, n: Node, k: int, axis: int):
     if len(a) == 1 and len(b) == 1:
         return MIX
     if len(b) == 1:  # [..., M, K] @ [K] -> [..., M]
-        return [(axis + len(a) - ro, ONE) if _broadcast_input(g, n.inputs[0], out + (1,), axis) else None, None]
+        return [(axis + len(a) - 1 - ro, ONE) if _broadcast_input(g, n.inputs[0], out + (1,), axis) else None, None]
     if len(a) == 1:  # [K] @ [..., K, N] -> [..., N]
         return [None, _broadcast_input(g, n.inputs[1], out[:-1] + (1, out[-1]), axis if axis < ro - 1 else ro)]
     if axis == ro - 2:  # M

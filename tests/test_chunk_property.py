@@ -229,8 +229,6 @@ def test_reshape_chain_chunked_equals_whole(case, data):
     _chunked_equals_whole(model, g, r, chunk, {"x": x})
 
 
-@pytest.mark.xfail(strict=True, reason="dimrules.matmul [..., M, K] @ [K] maps output axis a to A axis a+1: "
-                   "when K == M the region slices A along the contraction dim and the Loop fails at run time")
 def test_matmul_vector_rhs_chunked_equals_whole():
     L = 4
     nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"), helper.make_node("MatMul", ["h", "v"], ["y"], name="mv")]
