@@ -220,10 +220,16 @@ def _check_output_path(src: Path, out: Path, force: bool) -> None:
         raise BadInputError(f"output {out} is the input model; refusing to overwrite it (use --force)")
     folder = out.parent if str(out.parent) else Path(".")
     probe = folder
-    while not probe.exists():
+    while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise BadInputError(f"output folder {folder} is not writable")
+    if not probe.is_dir():
+        raise BadInputError(f"output folder {folder} is not writable ({probe} is a file, not a folder)")
+    try:  # a real write: os.access says yes to root on read-only mounts
+        fd, tmp = tempfile.mkstemp(prefix=".autochunk-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError:
+        raise BadInputError(f"output folder {folder} is not writable") from None
 
 
 def _remove(paths) -> None:

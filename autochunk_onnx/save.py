@@ -27,6 +27,9 @@ def _external(model: onnx.ModelProto):
 
 def save_model(model: onnx.ModelProto, out_path: str | os.PathLike, src_dir: str | os.PathLike) -> list[Path]:
     """Write `model` to `out_path` (temp file + rename); returns the files written."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # locations are rewritten below; the caller's model stays as it was
+    model = copy
     out = Path(out_path)
     folder = out.parent if str(out.parent) else Path(".")
     ext = _external(model)

@@ -79,7 +79,7 @@ def main() -> None:
 
 
 @main.command(epilog=EXIT_CODES)
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--budget", "-b", required=True, help="Activation-memory budget: 4GB, 512MiB, 1e9B, or a percentage of the original estimated peak (20%).")
 @input_shape_opt
@@ -146,7 +146,7 @@ def optimize(model, output, budget, input_shapes, dry_run, best_effort, no_verif
 
 
 @main.command(epilog=EXIT_CODES)
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @input_shape_opt
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (peak_bytes, peak_node, weight_bytes, timeline, ...).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Draw live bytes over the node order to a PNG (needs matplotlib).")
@@ -185,8 +185,8 @@ def _plot(est, path: str, title: str) -> None:
 
 
 @main.command(epilog=EXIT_CODES)
-@click.argument("original", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("chunked", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("original", type=click.Path(path_type=Path))
+@click.argument("chunked", type=click.Path(path_type=Path))
 @input_shape_opt
 @click.option("--providers", default=None, help="Comma-separated ORT providers (default: CUDA if really active, else CPU).")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance. " + TOLERANCE)
