@@ -20,7 +20,7 @@ demo: $(STAMP)
 		--budget 20% --input-shape input_ids:1x4096
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest tests
 
 # Real architectures exported with torch (generation-time tools in their own venv).
 models:
