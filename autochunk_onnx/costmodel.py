@@ -9,6 +9,8 @@ come from); only ratios between plans matter for selection.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from .graph import Graph, Node
@@ -27,7 +29,7 @@ def node_flops(graph: Graph, n: Node) -> float:
         y = graph.shape(n.outputs[0])
         if a and y:
             k = a[-1] if not (n.op_type == "Gemm" and n.attr("transA", 0)) else a[0]
-            return 2.0 * _prod(y) * k
+            return 2.0 * math.prod(y) * k
     if n.op_type == "Einsum":
         from .dimrules import parse_einsum
         shapes = [graph.shape(i) for i in n.inputs]
@@ -39,19 +41,13 @@ def node_flops(graph: Graph, n: Node) -> float:
             for term, s in zip(ins, shapes):
                 for ch, d in zip(term, s):
                     sizes[ch] = max(sizes.get(ch, 1), d)
-            return 2.0 * _prod(sizes.values())
+            return 2.0 * math.prod(sizes.values())
     if n.op_type == "Conv":
         w, y = graph.shape(n.inputs[1]), graph.shape(n.outputs[0])
         if w and y:
-            return 2.0 * _prod(y) * _prod(w[1:])
+            return 2.0 * math.prod(y) * math.prod(w[1:])
     return 0.0
 
-
-def _prod(xs) -> float:
-    r = 1.0
-    for x in xs:
-        r *= x
-    return r
 
 
 def node_time(graph: Graph, n: Node) -> float:

@@ -7,6 +7,8 @@ node) the estimate shares it too, so it tracks what ORT really allocates.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field
 
 import onnx
@@ -158,18 +160,12 @@ def workspace_bytes(graph: Graph, node: Node) -> int:
         y = graph.shape(node.outputs[0])
         if w and y and len(w) >= 3 and any(k != 1 for k in w[2:]):
             group = node.attr("group", 1)
-            col = (w[1] * int(_prod(w[2:]))) * int(_prod(y[2:]))  # im2col buffer of one image, one group
+            col = (w[1] * int(math.prod(w[2:]))) * int(math.prod(y[2:]))  # im2col buffer of one image, one group
             return int(col * itemsize(graph.info(node.outputs[0]).elem_type)) if group == 1 else 0
     if node.has_subgraph:
         return subgraph_peak(graph, node)
     return 0
 
-
-def _prod(xs) -> int:
-    r = 1
-    for x in xs:
-        r *= x
-    return r
 
 
 def subgraph_peak(graph: Graph, node: Node) -> int:
@@ -278,7 +274,7 @@ def estimate_steps(graph: Graph, steps: list[Step], producer_name: dict[str, str
         info = graph.info(t)
         live.append(LiveTensor(t, list(info.shape) if info and info.shape else None,
                                info.dtype_name if info else "?", sizes.get(t, 0), producer_name.get(t, "<input>")))
-    wbytes = sum(int(_prod(t.dims) * itemsize(t.data_type)) for t in weights.values())
+    wbytes = sum(int(math.prod(t.dims) * itemsize(t.data_type)) for t in weights.values())
     pstep = steps[pi] if pi >= 0 else None
     return Estimate(
         peak_bytes=int(peak), peak_index=pi,
