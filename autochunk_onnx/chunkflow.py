@@ -11,6 +11,11 @@ input the chunk comes from. Walking the window in reverse order gives every tens
 A node whose rule mixes the dim (softmax or reduction over it, a contraction, Concat on it), an
 unknown or custom op, or a node feeding both chunked and whole consumers is computed whole: this
 is how unknown ops bound a region instead of aborting the search.
+
+Recomputation: a large sliced input made cheaply from much smaller tensors (an attention mask
+[1,1,L,L] built by broadcasting [1,1,L,1] against [1,1,1,L], shared by every layer) is not read
+from the outer scope but recomputed chunk by chunk in the body from those small tensors. The
+original node stays for its other readers and disappears once every reader recomputes it.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from fractions import Fraction
 from math import lcm
 from typing import Union
 
-from .dimrules import MIX, SHAPE_INPUT, SHAPE_OPS, trace_node
+from .dimrules import ELEMENTWISE, MIX, SHAPE_INPUT, SHAPE_OPS, trace_node
 from .graph import Graph, Node
 
 WHOLE = "WHOLE"
@@ -31,6 +36,13 @@ SHAPE_ARITH = frozenset({
     "Div", "Constant", "Identity", "Reshape", "Equal", "Where", "Max", "Min", "Neg", "Abs", "ReduceProd",
 })
 SMALL_VALUE = 64  # elements: a VALUE tensor must be tiny
+
+# Recomputation: cheap ops (no contraction, no reduction) worth repeating per chunk, when their
+# output is at least CLONE_GAIN times the bytes of their activation inputs and CLONE_MIN_BYTES big.
+CLONE_OPS = frozenset(ELEMENTWISE) | {"Unsqueeze", "Squeeze", "Transpose", "Expand", "Clip"}
+CLONE_GAIN = 2
+CLONE_MIN_BYTES = 1 << 16
+MAX_CLONES = 16  # nodes recomputed per region
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,7 @@ class Region:
     outer_reads: list[str] = field(default_factory=list)  # outer tensors read whole by the body
     slices: list[tuple[str, Cut]] = field(default_factory=list)  # outer tensors sliced in the body
     value_nodes: set[int] = field(default_factory=set)  # body nodes computing shape values
+    clones: set[int] = field(default_factory=set)  # body nodes recomputed: their originals stay outside
 
     @property
     def inputs(self) -> list[str]:
@@ -69,6 +82,11 @@ class Region:
     @property
     def nodes(self) -> set[int]:
         return {n.index for n in self.body}
+
+    @property
+    def owned(self) -> list[Node]:
+        """Body nodes that move into the loop (recomputed clones excluded)."""
+        return [n for n in self.body if n.index not in self.clones]
 
 
 def _merge(a, b):
@@ -97,16 +115,16 @@ class Flow:
     serves every window start at once.
     """
 
-    def __init__(self, graph, order, end_pos, end_tensor, mode, in_cuts, req):
+    def __init__(self, graph, order, end_pos, end_tensor, mode, in_cuts, req, opaque=frozenset()):
         self.graph, self.order, self.end_pos, self.end_tensor = graph, order, end_pos, end_tensor
-        self.mode, self.in_cuts, self.req = mode, in_cuts, req
+        self.mode, self.in_cuts, self.req, self.opaque = mode, in_cuts, req, opaque
 
     def region(self, start_pos: int) -> Region | None:
         window = self.order[start_pos:self.end_pos + 1]
         keep = set(window)
         mode = {i: m for i, m in self.mode.items() if i in keep}
         return _build(self.graph, window, keep, self.end_tensor, mode, self.in_cuts, self.req,
-                      self.order[start_pos], self.order[self.end_pos])
+                      self.order[start_pos], self.order[self.end_pos], self.opaque)
 
 
 def trace_flow(graph: Graph, order: list[int], end_pos: int, end_tensor: str, axis: int, start_pos: int,
@@ -143,7 +161,7 @@ def trace_flow(graph: Graph, order: list[int], end_pos: int, end_tensor: str, ax
             for i in n.inputs:
                 if i:
                     req[i] = _merge(req.get(i), WHOLE)
-    return Flow(graph, order, end_pos, end_tensor, mode, in_cuts, req)
+    return Flow(graph, order, end_pos, end_tensor, mode, in_cuts, req, opaque)
 
 
 def _decide(graph: Graph, n: Node, used: list[str], reqs: list, opaque: bool):
@@ -169,7 +187,8 @@ def _decide(graph: Graph, n: Node, used: list[str], reqs: list, opaque: bool):
 
 
 def _build(graph: Graph, window: list[int], in_window: set[int], end_tensor: str, mode: dict[int, str],
-           in_cuts: dict[int, list], req: dict, start_index: int, end_index: int) -> Region | None:
+           in_cuts: dict[int, list], req: dict, start_index: int, end_index: int,
+           opaque: set[int] = frozenset()) -> Region | None:
     chunk_nodes = {i for i, m in mode.items() if m == "CHUNK"}
     if graph.producer.get(end_tensor) not in chunk_nodes:
         return None
@@ -210,6 +229,10 @@ def _build(graph: Graph, window: list[int], in_window: set[int], end_tensor: str
                 slices[(i, c)] = None
             else:
                 outer[i] = None
+    in_cuts = dict(in_cuts)
+    clones = _recompute(graph, slices, outer, in_loop | set(opaque), produced, cuts, in_cuts)
+    if clones:
+        body = sorted(body + [graph.nodes[i] for i in clones], key=lambda n: n.index)
     all_cuts = list(cuts.values()) + [c for _, c in slices]
     den = 1
     for c in all_cuts:
@@ -232,5 +255,84 @@ def _build(graph: Graph, window: list[int], in_window: set[int], end_tensor: str
         in_cuts={i: [None if c is None else norm(c) for c in cs] for i, cs in in_cuts.items()},
         outputs=outputs, units=units, start_index=start_index, end_index=end_index,
         outer_reads=list(outer), slices=[(t, norm(c)) for t, c in slices], value_nodes=value_nodes,
+        clones=set(clones),
     )
     return region
+
+
+def _recompute(graph: Graph, slices: dict, outer: dict, taken: set[int], produced: set[str],
+               cuts: dict, in_cuts: dict) -> set[int]:
+    """Replace large sliced inputs made by cheap nodes from small tensors with body copies of
+    those nodes (updating `slices`, `outer`, `cuts`, `in_cuts` in place); returns their indices."""
+    new_slices, new_outer, new_cuts, new_in = dict(slices), dict(outer), {}, {}
+    clones = _clone_cone(graph, new_slices, new_outer, taken, produced, new_cuts, new_in)
+    if not clones or any(t in new_outer for t in new_cuts):
+        return set()  # a recomputed tensor also read whole: keep it as it was
+    slices.clear()
+    slices.update(new_slices)
+    outer.clear()
+    outer.update(new_outer)
+    cuts.update(new_cuts)
+    in_cuts.update(new_in)
+    return clones
+
+
+def _clone_cone(graph: Graph, slices: dict, outer: dict, taken: set[int], produced: set[str],
+                cuts: dict, in_cuts: dict) -> set[int]:
+    """For each sliced input, the cone of cheap nodes that makes it from much smaller tensors.
+
+    The cone grows backwards through cheap ops while tensors stay large (>= 1/16 of the root);
+    it is taken when the tensors it then reads are CLONE_GAIN times smaller than the root."""
+    clones: set[int] = set()
+    for t, c in list(slices):
+        if graph.nbytes(t) < CLONE_MIN_BYTES or t in outer or any(t2 == t and c2 != c for t2, c2 in slices):
+            continue
+        floor = max(CLONE_MIN_BYTES, graph.nbytes(t) // 16)
+        cone: dict[int, list] = {}
+        made: dict[str, Cut] = {}
+        leaves: dict[tuple[str, Cut], None] = {}
+        whole: dict[str, None] = {}
+        stack = [(t, c)]
+        while stack:
+            u, cu = stack.pop()
+            if made.get(u, cu) != cu:
+                break  # read along two cuts inside the cone
+            p = graph.producer.get(u)
+            if u in made:
+                continue
+            node_cuts = None
+            if (p is not None and p not in taken and p not in clones and len(cone) + len(clones) < MAX_CLONES
+                    and graph.nbytes(u) >= floor and (u == t or (u not in outer and not any(t2 == u for t2, _ in slices)))):
+                n = graph.nodes[p]
+                if (n.op_type in CLONE_OPS and n.domain in ("", "ai.onnx") and len(n.outputs) == 1
+                        and not any(i in produced for i in n.inputs if i)):
+                    res = trace_node(graph, n, 0, cu.axis)
+                    if res != MIX:
+                        node_cuts = [None if r is None else Cut(r[0], cu.scale * r[1]) for r in res]
+            if node_cuts is None:
+                leaves[(u, cu)] = None
+                continue
+            cone[p] = node_cuts
+            made[u] = cu
+            for i, ci in zip(graph.nodes[p].inputs, node_cuts):
+                if not i:
+                    continue
+                if ci is None:
+                    whole[i] = None
+                else:
+                    stack.append((i, ci))
+        else:
+            leaves = {k: None for k in leaves if k[0] not in made}
+            if any(u in made for u in whole) or not cone:
+                continue
+            read = sum(graph.nbytes(u) for u, _ in leaves)
+            read += sum(graph.nbytes(u) for u in whole if not graph.is_weight(u) and graph.const_value(u) is None)
+            if read * CLONE_GAIN > graph.nbytes(t):
+                continue
+            clones.update(cone)
+            in_cuts.update(cone)
+            cuts.update(made)
+            del slices[(t, c)]
+            slices.update(leaves)
+            outer.update(whole)
+    return clones

@@ -124,6 +124,23 @@ class Graph:
         self.output_names = [o.name for o in g.output]
         self._const_cache: dict[str, np.ndarray | None] = {}
 
+    def reads(self, index: int) -> list[str]:
+        """Tensors node `index` reads: its inputs, plus what its subgraphs read from this scope."""
+        n = self.nodes[index]
+        ins = [i for i in n.inputs if i]
+        return ins + outer_reads(n.proto) if n.has_subgraph else ins
+
+    @cached_property
+    def read_count(self) -> dict[str, int]:
+        """How many nodes (subgraph readers included) and graph outputs read each tensor."""
+        counts: dict[str, int] = {}
+        for n in self.nodes:
+            for i in self.reads(n.index):
+                counts[i] = counts.get(i, 0) + 1
+        for o in self.output_names:
+            counts[o] = counts.get(o, 0) + 1
+        return counts
+
     @property
     def opset(self) -> int:
         for o in self.model.opset_import:
@@ -164,3 +181,15 @@ class Graph:
                     val = np.array(onnx.helper.get_attribute_value(a))
         self._const_cache[name] = val
         return val
+
+
+def outer_reads(node: onnx.NodeProto) -> list[str]:
+    """Names the subgraphs of `node` read from the enclosing scope (nested subgraphs included)."""
+    names: list[str] = []
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
+        for g in graphs:
+            local = {i.name for i in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+            for n in g.node:
+                names += [i for i in list(n.input) + outer_reads(n) if i and i not in local]
+    return list(dict.fromkeys(names))

@@ -13,9 +13,9 @@ from .chunkflow import Region
 from .costmodel import loop_cost, model_time
 from .estimate import Estimate, estimate_graph, fusions
 from .graph import Graph
-from .schedule import estimate_plan
+from .schedule import body_peak_fn, dead_nodes, estimate_plan, region_step
 from .search import candidates
-from .select import QuickCost, choose
+from .select import MAX_ITERATIONS, QuickCost, balanced, choose, largest_fitting
 
 MAX_STAGES = 256
 TRY_PER_STAGE = 4
@@ -45,17 +45,21 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None) -> Plan:
     stages = 0
     while est.peak_bytes > budget and stages < MAX_STAGES:
         stages += 1
-        opaque = {n.index for r in regions for n in r.body}
+        shrunk = _shrink_peak_loop(graph, regions, est, order, budget, fused)
+        if shrunk is not None:
+            est, order = shrunk
+            continue
+        opaque = {n.index for r in regions for n in r.owned} | dead_nodes(graph, regions)
         cands = candidates(graph, est, opaque)
         if not cands:
             break
-        quick = QuickCost(graph, est, order, fused)
+        quick = QuickCost(graph, est, order, fused, regions)
         ranked = choose(graph, cands, quick, budget, model_s)
         best = None
         for ch in ranked[:TRY_PER_STAGE]:
             # A stage may leave the global peak where it is (identical layers): it must lower the
             # memory where it acts and raise it nowhere.
-            if ch.predicted_peak >= est.peak_bytes:
+            if ch.predicted_peak >= min(est.peak_bytes, ch.replaced_peak):
                 continue
             ch.region.chunk = ch.chunk
             new_est, new_order = estimate_plan(graph, regions + [ch.region], fused)
@@ -67,6 +71,67 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None) -> Plan:
             break
         regions.append(best[0])
         est, order = best[1], best[2]
+    if regions:
+        est, order = retune(graph, regions, est, order, budget if est.peak_bytes <= budget else est.peak_bytes, fused)
     slow = sum(loop_cost(graph, r, r.chunk).extra_s for r in regions) / model_s if regions else 0.0
     return Plan(budget=budget, original=original, final=est, regions=regions, predicted_slowdown=slow,
                 fits=est.peak_bytes <= budget, search_s=time.perf_counter() - t0, stages=stages)
+
+
+def retune(graph: Graph, regions: list[Region], est: Estimate, order: list, limit: int, fused) -> tuple[Estimate, list]:
+    """Grow each loop's chunk as far as the final plan allows.
+
+    A stage picks its chunk while memory chunked by later stages (or recomputed away) is still
+    live, so early loops end up with smaller chunks than they need. Only the loop's own step
+    depends on its chunk, so each one is raised to the largest chunk whose step stays <= limit.
+    """
+    old = [r.chunk for r in regions]
+    pos = {id(it): k for k, it in enumerate(order)}
+    for r in regions:
+        k = pos[id(r)]
+        fixed = est.timeline[k].live_bytes - region_step(graph, r, fused).extra_bytes
+        out_total = sum(graph.nbytes(t) for t in r.outputs)
+        bp = body_peak_fn(graph, r, fused)
+        c = largest_fitting(lambda c: fixed + max(bp(c), out_total), r.chunk, max(r.chunk, r.units - 1), limit)
+        if c is not None and c > r.chunk:
+            r.chunk = max(r.chunk, balanced(r.units, c))
+    if [r.chunk for r in regions] == old:
+        return est, order
+    new_est, new_order = estimate_plan(graph, regions, fused)
+    if new_est.peak_bytes > limit:
+        for r, c in zip(regions, old):
+            r.chunk = c
+        return est, order
+    return new_est, new_order
+
+
+def _shrink_peak_loop(graph: Graph, regions: list[Region], est: Estimate, order: list, budget: int, fused):
+    """When the peak is a loop's own step, lower that loop's chunk (to fit, or as far as it helps).
+
+    Returns the new (estimate, order), or None when the peak is not a loop or shrinking gains
+    nothing."""
+    it = order[est.peak_index] if 0 <= est.peak_index < len(order) else None
+    if not isinstance(it, Region) or it.chunk <= 1:
+        return None
+    r = it
+    fixed = est.timeline[est.peak_index].live_bytes - region_step(graph, r, fused).extra_bytes
+    out_total = sum(graph.nbytes(t) for t in r.outputs)
+    bp = body_peak_fn(graph, r, fused)
+    f = lambda c: fixed + max(bp(c), out_total)  # noqa: E731
+    c_min = max(1, -(-r.units // MAX_ITERATIONS))
+    c = largest_fitting(f, c_min, r.chunk - 1, budget)
+    if c is None:
+        floor = f(c_min)
+        if floor >= f(r.chunk) * 0.98:
+            return None
+        c = largest_fitting(f, c_min, r.chunk - 1, int(floor * 1.02) + 1) or c_min
+    c = balanced(r.units, c)
+    if c >= r.chunk:
+        return None
+    old = r.chunk
+    r.chunk = c
+    new_est, new_order = estimate_plan(graph, regions, fused)
+    if new_est.peak_bytes >= est.peak_bytes:
+        r.chunk = old
+        return None
+    return new_est, new_order

@@ -42,7 +42,8 @@ def plan_json(p: Plan) -> dict:
     for r in p.regions:
         cut = r.cuts[r.end]
         regions.append({
-            "end_tensor": r.end, "nodes": [n.name for n in r.body], "first_node": r.body[0].name, "last_node": r.body[-1].name,
+            "end_tensor": r.end, "nodes": [n.name for n in r.owned], "first_node": r.owned[0].name,
+            "last_node": r.owned[-1].name, "recomputed_nodes": [n.name for n in r.body if n.index in r.clones],
             "chunk_axis": cut.axis, "units": r.units, "chunk_size": r.chunk, "chunks": r.iterations,
             "sliced_inputs": [{"tensor": t, "axis": c.axis} for t, c in r.slices],
             "whole_inputs": list(r.outer_reads), "outputs": list(r.outputs),
@@ -64,9 +65,13 @@ def plan_text(p: Plan) -> str:
     ]
     for k, r in enumerate(p.regions):
         cut = r.cuts[r.end]
-        lines.append(f"  [{k}] {len(r.body):3d} nodes {r.body[0].name} .. {r.body[-1].name}")
+        own = r.owned
+        lines.append(f"  [{k}] {len(own):3d} nodes {own[0].name} .. {own[-1].name}")
         lines.append(f"       dim {cut.axis} of {r.end}: {r.units} -> chunks of {r.chunk} x {r.iterations}; "
                      f"sliced {', '.join(t for t, _ in r.slices) or '-'}")
+        if r.clones:
+            names = [n.name for n in r.body if n.index in r.clones]
+            lines.append(f"       recomputes {len(names)} node(s) per chunk: {', '.join(names)}")
     return "\n".join(lines)
 
 

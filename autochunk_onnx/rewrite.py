@@ -21,7 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 from .chunkflow import Cut, Region
 from .dimrules import SHAPE_INPUT
 from .errors import BadInputError
-from .graph import Graph
+from .graph import Graph, outer_reads
+from .schedule import dead_nodes
 
 MIN_OPSET = 13  # Loop with sequence-typed loop-carried values
 
@@ -84,8 +85,10 @@ def rewrite(original: onnx.ModelProto, graph: Graph, regions: list[Region], dyna
     names = _Names(model)
     in_region: dict[int, int] = {}
     for r_i, r in enumerate(regions):
-        for n in r.body:
+        for n in r.owned:
             in_region[n.index] = r_i
+    for i in dead_nodes(graph, regions):
+        in_region[i] = -1  # every reader recomputes it in a loop: drop it
     emitted: dict[int, list[onnx.NodeProto]] = {}
     for r_i, r in enumerate(regions):
         emitted[r.end_index] = _emit_region(graph, r, r_i, names, dynamic or {})
@@ -267,11 +270,7 @@ def _toposort(items: list[tuple[int, onnx.NodeProto]], g: onnx.GraphProto) -> li
     deps = [set() for _ in items]
     users = [[] for _ in items]
     for k, (_, n) in enumerate(items):
-        reads = list(n.input)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                reads += _outer_reads(a.g)
-        for i in reads:
+        for i in list(n.input) + outer_reads(n):
             p = produced.get(i)
             if p is not None and p != k and p not in deps[k]:
                 deps[k].add(p)
@@ -288,15 +287,4 @@ def _toposort(items: list[tuple[int, onnx.NodeProto]], g: onnx.GraphProto) -> li
                 heapq.heappush(ready, (items[u][0], u))
     if len(out) != len(items):
         raise RuntimeError("rewrite produced a cycle")
-    return out
-
-
-def _outer_reads(g: onnx.GraphProto) -> list[str]:
-    local = {i.name for i in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
-    out = []
-    for n in g.node:
-        out += [i for i in n.input if i and i not in local]
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                out += [i for i in _outer_reads(a.g) if i not in local]
     return out

@@ -66,13 +66,56 @@ def region_step(graph: Graph, region: Region, fused=None) -> Step:
                 extra_bytes=max(body_peak(graph, region, region.chunk, fused), out_total))
 
 
+def reader_counts(graph: Graph, regions: list[Region]) -> dict[str, int]:
+    """How many steps of the plan read each tensor (plain nodes, loops, graph outputs)."""
+    counts = dict(graph.read_count)
+    for r in regions:
+        _move_reads(graph, r, counts)
+    return counts
+
+
+def _move_reads(graph: Graph, r: Region, counts: dict[str, int]) -> None:
+    for n in r.owned:
+        for i in graph.reads(n.index):
+            counts[i] -= 1
+    for i in r.inputs:
+        counts[i] = counts.get(i, 0) + 1
+
+
+def dead_nodes(graph: Graph, regions: list[Region], counts: dict[str, int] | None = None) -> set[int]:
+    """Nodes no step reads any more because every reader recomputes them inside a loop.
+
+    Only nodes whose output somebody read in the original graph can die (a model's own dead
+    nodes are left as they are)."""
+    counts = reader_counts(graph, regions) if counts is None else counts
+    owned = {n.index for r in regions for n in r.owned}
+    work = sorted({i for r in regions for i in r.clones}, reverse=True)
+    dead: set[int] = set()
+    counts = dict(counts)
+    while work:
+        p = work.pop()
+        if p in dead or p in owned:
+            continue
+        outs = [o for o in graph.nodes[p].outputs if o]
+        if not any(graph.read_count.get(o) for o in outs) or any(counts.get(o) for o in outs):
+            continue
+        dead.add(p)
+        for i in graph.reads(p):
+            counts[i] -= 1
+            if counts[i] == 0 and i in graph.producer:
+                work.append(graph.producer[i])
+    return dead
+
+
 def schedule(graph: Graph, regions: list[Region]) -> list[int | Region]:
-    """Stable topological order of plain nodes and region loops."""
+    """Stable topological order of plain nodes and region loops (nodes left dead dropped)."""
     owner: dict[int, Region] = {}
     for r in regions:
-        for n in r.body:
+        for n in r.owned:
             owner[n.index] = r
-    items: list[int | Region] = [n.index for n in graph.nodes if n.index not in owner] + list(regions)
+    dead = dead_nodes(graph, regions) if any(r.clones for r in regions) else set()
+    items: list[int | Region] = [n.index for n in graph.nodes if n.index not in owner and n.index not in dead]
+    items += list(regions)
     key = {id(it): (it.end_index if isinstance(it, Region) else it) for it in items}
     outs = {}
     for it in items:
@@ -82,9 +125,7 @@ def schedule(graph: Graph, regions: list[Region]) -> list[int | Region]:
     deps: dict[int, set] = {id(it): set() for it in items}
     users: dict[int, list] = {id(it): [] for it in items}
     for it in items:
-        ins = it.inputs if isinstance(it, Region) else [i for i in graph.nodes[it].inputs if i]
-        if not isinstance(it, Region) and graph.nodes[it].has_subgraph:
-            ins = ins + _outer_names(graph.nodes[it].proto)
+        ins = it.inputs if isinstance(it, Region) else graph.reads(it)
         for i in ins:
             p = outs.get(i)
             if p is not None and p is not it and id(p) not in deps[id(it)]:
@@ -106,19 +147,6 @@ def schedule(graph: Graph, regions: list[Region]) -> list[int | Region]:
     if len(order) != len(items):
         raise ValueError("chunk plan creates a cycle")
     return order
-
-
-def _outer_names(node) -> list[str]:
-    """Names a subgraph reads from the enclosing scope (so ordering respects them)."""
-    import onnx
-    names = []
-    for a in node.attribute:
-        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            local = {i.name for i in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
-            for n in g.node:
-                names += [i for i in n.input if i and i not in local]
-                names += _outer_names(n)
-    return names
 
 
 def plan_steps(graph: Graph, regions: list[Region], fused=None) -> tuple[list[Step], list[int | Region]]:

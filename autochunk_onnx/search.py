@@ -8,7 +8,7 @@ dim of its output and every start in reach, the chunk flow decides what runs in 
 from __future__ import annotations
 
 from .chunkflow import Region, trace_flow
-from .estimate import Estimate
+from .estimate import ALIAS_OPS, Estimate
 from .graph import Graph
 
 FORWARD = 24  # end nodes considered after the anchor's last consumer
@@ -36,6 +36,7 @@ def candidates(graph: Graph, est: Estimate, opaque: set[int]) -> list[Region]:
     found: list[Region] = []
     for anchor in anchors(graph, est, opaque):
         a = graph.producer[anchor]
+        views = _views(graph, anchor)
         last = max(graph.consumers.get(anchor, [a]))
         if anchor in graph.output_names:
             continue
@@ -70,9 +71,21 @@ def candidates(graph: Graph, est: Estimate, opaque: set[int]) -> list[Region]:
                     if body == prev_body or key in seen:
                         continue
                     prev_body = body
-                    produced = {o for b in r.body for o in b.outputs}
-                    if anchor not in produced or anchor in r.outputs:
-                        continue
+                    produced = {o for b in r.owned for o in b.outputs}
+                    if not views <= produced or views & set(r.outputs):
+                        continue  # the anchor's buffer (or a view of it) would still be materialised
                     seen.add(key)
                     found.append(r)
     return found
+
+
+def _views(graph: Graph, t: str) -> set[str]:
+    """`t` and every tensor sharing its buffer through view ops (Reshape, Unsqueeze, ...)."""
+    out, stack = {t}, [t]
+    while stack:
+        for c in graph.consumers.get(stack.pop(), []):
+            n = graph.nodes[c]
+            if n.op_type in ALIAS_OPS and n.outputs and n.outputs[0] and n.outputs[0] not in out:
+                out.add(n.outputs[0])
+                stack.append(n.outputs[0])
+    return out

@@ -13,7 +13,7 @@ from .chunkflow import Region
 from .costmodel import loop_cost
 from .estimate import Estimate
 from .graph import Graph
-from .schedule import body_peak_fn
+from .schedule import _move_reads, body_peak_fn, dead_nodes, reader_counts
 
 MAX_ITERATIONS = 1024
 
@@ -42,6 +42,7 @@ class Choice:
     region: Region
     chunk: int
     predicted_peak: int  # quick estimate of the loop step
+    replaced_peak: int  # the current peak of the steps the loop replaces
     slowdown: float  # predicted extra time / model time
     fits: bool
 
@@ -49,8 +50,10 @@ class Choice:
 class QuickCost:
     """Memory of a candidate's loop step, from the current plan's timeline (no full re-estimate)."""
 
-    def __init__(self, graph: Graph, est: Estimate, order, fused):
-        self.graph, self.est, self.fused = graph, est, fused
+    def __init__(self, graph: Graph, est: Estimate, order, fused, regions: list[Region] = ()):
+        self.graph, self.est, self.fused, self.regions = graph, est, fused, list(regions)
+        self.counts = reader_counts(graph, self.regions)
+        self.dead = dead_nodes(graph, self.regions, self.counts)
         self.pos = {it: k for k, it in enumerate(order) if isinstance(it, int)}
         tl = [p.live_bytes for p in est.timeline]
         self.prefix = [0] * (len(tl) + 1)
@@ -62,11 +65,12 @@ class QuickCost:
         self.start_bytes = est.input_bytes
 
     def loop_fn(self, r: Region) -> tuple[Callable[[int], int], int]:
-        """(chunk -> loop-step bytes, peak of the steps outside the window)."""
+        """(chunk -> loop-step bytes, the current peak of the steps the loop replaces)."""
         g = self.graph
-        ps = [self.pos[n.index] for n in r.body]
+        ps = [self.pos[n.index] for n in r.owned]
         p0, p1 = min(ps), max(ps)
         before = self.est.after[p0 - 1] if p0 > 0 else self.start_bytes
+        before -= self.freed(r, p0)
         hoisted = sum(g.nbytes(o) for n in r.hoisted if n.index in self.pos and p0 <= self.pos[n.index] <= p1
                       for o in n.outputs if o)
         out_total = sum(g.nbytes(t) for t in r.outputs)
@@ -76,14 +80,24 @@ class QuickCost:
         def f(c: int) -> int:
             return base + max(bp(c), out_total)
 
-        return f, max(self.prefix[p0], self.suffix[p1 + 1])
+        return f, max(p.live_bytes for p in self.est.timeline[p0:p1 + 1])
+
+    def freed(self, r: Region, p0: int) -> int:
+        """Bytes live before the loop that die because this region recomputes their last reader."""
+        if not r.clones:
+            return 0
+        counts = dict(self.counts)
+        _move_reads(self.graph, r, counts)
+        newly = dead_nodes(self.graph, self.regions + [r], counts) - self.dead
+        return sum(self.graph.nbytes(o) for p in newly if self.pos.get(p, p0) < p0
+                   for o in self.graph.nodes[p].outputs if o)
 
 
 def choose(graph: Graph, cands: list[Region], quick: QuickCost, budget: int, model_s: float) -> list[Choice]:
     """Rank candidates: fitting ones by predicted slowdown, then the rest by the memory they reach."""
     choices = []
     for r in cands:
-        f, _outside = quick.loop_fn(r)
+        f, here = quick.loop_fn(r)
         c_min = max(1, -(-r.units // MAX_ITERATIONS))
         c = largest_fitting(f, c_min, r.units - 1, budget)
         fits = c is not None
@@ -92,6 +106,6 @@ def choose(graph: Graph, cands: list[Region], quick: QuickCost, budget: int, mod
             c = largest_fitting(f, c_min, r.units - 1, int(floor * 1.02) + 1) or c_min
         c = balanced(r.units, c)
         slow = loop_cost(graph, r, c).extra_s / model_s
-        choices.append(Choice(r, c, f(c), slow, fits))
+        choices.append(Choice(r, c, f(c), here, slow, fits))
     choices.sort(key=lambda ch: (not ch.fits, ch.slowdown if ch.fits else ch.predicted_peak, len(ch.region.body)))
     return choices

@@ -101,7 +101,7 @@ def test_multi_stage_chunks_every_layer(tmp_path):
     p = plan(m.graph, est.peak_bytes // 4, est)
     assert p.fits
     assert p.stages >= 3
-    layers = {r.body[0].name.split("/")[0] for r in p.regions}
+    layers = {r.owned[0].name.split("/")[0] for r in p.regions}
     assert {"layers.0.attn", "layers.1.attn", "layers.2.attn"} <= layers
     assert p.final.peak_bytes <= est.peak_bytes // 4
 

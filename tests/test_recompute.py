@@ -1,0 +1,89 @@
+"""Recomputing cheap shared tensors in each loop, dropping their originals, and re-tuning chunks.
+
+A causal mask [1,1,L,L] made once and read by every layer is the case: each layer's loop must
+rebuild its chunk of the mask from the small [1,1,L,1] / [1,1,1,L] tensors, and once every
+reader does, the full mask must disappear from the graph and from the estimate.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from autochunk_onnx import api, chunkflow
+from autochunk_onnx.estimate import estimate_graph
+from autochunk_onnx.planner import _shrink_peak_loop, plan, retune
+from autochunk_onnx.rewrite import rewrite
+from autochunk_onnx.schedule import dead_nodes, estimate_plan
+from models import synthetic
+
+SEQ = 1024
+
+
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "gpt.onnx"
+    import onnx
+    onnx.save(synthetic.transformer(layers=2, d_model=64, heads=4, vocab=256), str(path))
+    return api.load(path, {"input_ids": [1, SEQ]})
+
+
+def _run(model, feeds):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def test_each_layer_recomputes_the_mask_and_the_original_dies(gpt):
+    g = gpt.graph
+    est = estimate_graph(g)
+    p = plan(g, int(est.peak_bytes * 0.25), est)
+    assert p.fits and len(p.regions) >= 2
+    recomputed = [r for r in p.regions if r.clones]
+    assert len(recomputed) >= 2, "every layer's loop should rebuild its mask chunk"
+    dead = dead_nodes(g, p.regions)
+    cloned = set().union(*(r.clones for r in recomputed))
+    assert dead and dead <= cloned | {g.producer[i] for n in dead for i in g.nodes[n].inputs if i in g.producer}
+    # the full-size mask is gone from the rewritten outer graph, but lives on in the loop bodies
+    model = rewrite(gpt.original, g, p.regions)
+    outer_ops = {n.name for n in model.graph.node}
+    assert not any(g.nodes[i].name in outer_ops for i in dead)
+    feeds = {"input_ids": np.random.default_rng(0).integers(0, 256, (1, SEQ), dtype=np.int64)}
+    want, got = _run(gpt.original, feeds), _run(model, feeds)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_recomputation_lowers_the_reachable_peak(gpt, monkeypatch):
+    g = gpt.graph
+    est = estimate_graph(g)
+    budget = int(est.peak_bytes * 0.05)  # unreachable: compare how far each variant gets
+    with_clones = plan(g, budget, est).final.peak_bytes
+    monkeypatch.setattr(chunkflow, "CLONE_GAIN", 10**12)
+    without = plan(g, budget, est).final.peak_bytes
+    assert with_clones < without
+
+
+def test_shrink_lowers_a_loop_that_holds_the_peak(gpt):
+    g = gpt.graph
+    est = estimate_graph(g)
+    p = plan(g, int(est.peak_bytes * 0.25), est)
+    r = max(p.regions, key=lambda r: r.units)
+    r.chunk = r.units - 1  # as if an early stage had picked it while other memory was live
+    big, order = estimate_plan(g, p.regions)
+    if order[big.peak_index] is not r:
+        pytest.skip("the widened loop does not hold the peak in this configuration")
+    out = _shrink_peak_loop(g, p.regions, big, order, p.budget, None)
+    assert out is not None
+    assert r.chunk < r.units - 1 and out[0].peak_bytes < big.peak_bytes
+
+
+def test_retune_grows_chunks_within_the_limit(gpt):
+    g = gpt.graph
+    est = estimate_graph(g)
+    p = plan(g, int(est.peak_bytes * 0.25), est)
+    chosen = [r.chunk for r in p.regions]
+    for r in p.regions:
+        r.chunk = max(1, r.chunk // 4)
+    small, order = estimate_plan(g, p.regions)
+    new_est, _ = retune(g, p.regions, small, order, p.budget, None)
+    assert new_est.peak_bytes <= p.budget
+    assert all(r.chunk >= max(1, c // 4) for r, c in zip(p.regions, chosen))
+    assert any(r.chunk > max(1, c // 4) for r, c in zip(p.regions, chosen))
