@@ -216,46 +216,48 @@ def _build(graph: Graph, window: list[int], in_window: set[int], end_tensor: str
                 outputs.append(o)
     if end_tensor not in outputs:
         return None
-    # Normalise scales so every cut length is a whole number of elements per unit.
     cuts = {t: r for t, r in req.items() if isinstance(r, Cut) and t in produced}
     slices: dict[tuple[str, Cut], None] = {}
     outer: dict[str, None] = {}
+    body_cuts = {n.index: in_cuts[n.index] for n in body if n.index in in_cuts}
     for n in body:
+        cs = body_cuts.get(n.index)
         for k, i in enumerate(n.inputs):
             if not i or i in produced:
                 continue
-            c = in_cuts.get(n.index, [None] * len(n.inputs))[k] if n.index in in_cuts else None
+            c = cs[k] if cs else None
             if c is not None:
                 slices[(i, c)] = None
             else:
                 outer[i] = None
-    in_cuts = dict(in_cuts)
-    clones = _recompute(graph, slices, outer, in_loop | set(opaque), produced, cuts, in_cuts)
+    clones = _recompute(graph, slices, outer, in_loop | set(opaque), produced, cuts, body_cuts)
     if clones:
         body = sorted(body + [graph.nodes[i] for i in clones], key=lambda n: n.index)
-    all_cuts = list(cuts.values()) + [c for _, c in slices]
+    # Normalise scales so every cut length is a whole number of elements per unit.
     den = 1
-    for c in all_cuts:
-        den = lcm(den, c.scale.denominator)
+    for c in list(cuts.values()) + [c for _, c in slices]:
+        if c.scale.denominator != 1:
+            den = lcm(den, c.scale.denominator)
     units = None
     for t, c in list(cuts.items()) + list(slices):
         shape = graph.shape(t)
         if shape is None:
             return None
-        length = Fraction(shape[c.axis]) / (c.scale * den)
-        if length.denominator != 1 or (units is not None and units != length):
+        num, dd = shape[c.axis] * c.scale.denominator, c.scale.numerator * den
+        if num % dd or (units is not None and units != num // dd):
             return None
-        units = int(length)
+        units = num // dd
     if units is None or units < 2:
         return None
-    norm = lambda c: Cut(c.axis, c.scale * den)  # noqa: E731
+    if den != 1:
+        norm = lambda c: Cut(c.axis, c.scale * den)  # noqa: E731
+        cuts = {t: norm(c) for t, c in cuts.items()}
+        body_cuts = {i: [None if c is None else norm(c) for c in cs] for i, cs in body_cuts.items()}
+        slices = {(t, norm(c)): None for t, c in slices}
     region = Region(
-        end=end_tensor, body=body, hoisted=hoisted,
-        cuts={t: norm(c) for t, c in cuts.items()},
-        in_cuts={i: [None if c is None else norm(c) for c in cs] for i, cs in in_cuts.items()},
+        end=end_tensor, body=body, hoisted=hoisted, cuts=cuts, in_cuts=body_cuts,
         outputs=outputs, units=units, start_index=start_index, end_index=end_index,
-        outer_reads=list(outer), slices=[(t, norm(c)) for t, c in slices], value_nodes=value_nodes,
-        clones=set(clones),
+        outer_reads=list(outer), slices=list(slices), value_nodes=value_nodes, clones=set(clones),
     )
     return region
 
@@ -277,62 +279,87 @@ def _recompute(graph: Graph, slices: dict, outer: dict, taken: set[int], produce
     return clones
 
 
-def _clone_cone(graph: Graph, slices: dict, outer: dict, taken: set[int], produced: set[str],
-                cuts: dict, in_cuts: dict) -> set[int]:
-    """For each sliced input, the cone of cheap nodes that makes it from much smaller tensors.
+@dataclass(frozen=True)
+class _Cone:
+    """Cheap nodes that rebuild a tensor chunk from much smaller tensors (see _cone)."""
 
-    The cone grows backwards through cheap ops while tensors stay large (>= 1/16 of the root);
-    it is taken when the tensors it then reads are CLONE_GAIN times smaller than the root."""
-    clones: set[int] = set()
-    for t, c in list(slices):
-        if graph.nbytes(t) < CLONE_MIN_BYTES or t in outer or any(t2 == t and c2 != c for t2, c2 in slices):
+    nodes: dict  # node index -> input cuts
+    made: dict  # tensor -> cut, for every tensor the cone produces
+    leaves: tuple  # (tensor, cut) read sliced
+    whole: tuple  # tensors read whole
+    inputs: frozenset  # every tensor the cone reads
+
+
+def _cone(graph: Graph, t: str, c: Cut) -> _Cone | None:
+    """The cone of cheap nodes that makes `t`'s chunk along `c`, grown backwards while tensors
+    stay large (>= 1/16 of `t`); None unless what it reads is CLONE_GAIN times smaller than `t`.
+    Depends on the graph only, so it is cached on it."""
+    cache = graph.__dict__.setdefault("_cone_cache", {})
+    key = (t, c)
+    if key in cache:
+        return cache[key]
+    floor = max(CLONE_MIN_BYTES, graph.nbytes(t) // 16)
+    nodes: dict[int, list] = {}
+    made: dict[str, Cut] = {}
+    leaves: dict[tuple[str, Cut], None] = {}
+    whole: dict[str, None] = {}
+    stack = [(t, c)]
+    result = None
+    while stack:
+        u, cu = stack.pop()
+        if made.get(u, cu) != cu:
+            break  # read along two cuts inside the cone
+        if u in made:
             continue
-        floor = max(CLONE_MIN_BYTES, graph.nbytes(t) // 16)
-        cone: dict[int, list] = {}
-        made: dict[str, Cut] = {}
-        leaves: dict[tuple[str, Cut], None] = {}
-        whole: dict[str, None] = {}
-        stack = [(t, c)]
-        while stack:
-            u, cu = stack.pop()
-            if made.get(u, cu) != cu:
-                break  # read along two cuts inside the cone
-            p = graph.producer.get(u)
-            if u in made:
-                continue
-            node_cuts = None
-            if (p is not None and p not in taken and p not in clones and len(cone) + len(clones) < MAX_CLONES
-                    and graph.nbytes(u) >= floor and (u == t or (u not in outer and not any(t2 == u for t2, _ in slices)))):
-                n = graph.nodes[p]
-                if (n.op_type in CLONE_OPS and n.domain in ("", "ai.onnx") and len(n.outputs) == 1
-                        and not any(i in produced for i in n.inputs if i)):
-                    res = trace_node(graph, n, 0, cu.axis)
-                    if res != MIX:
-                        node_cuts = [None if r is None else Cut(r[0], cu.scale * r[1]) for r in res]
-            if node_cuts is None:
-                leaves[(u, cu)] = None
-                continue
-            cone[p] = node_cuts
-            made[u] = cu
-            for i, ci in zip(graph.nodes[p].inputs, node_cuts):
-                if not i:
-                    continue
+        p = graph.producer.get(u)
+        node_cuts = None
+        if p is not None and len(nodes) < MAX_CLONES and graph.nbytes(u) >= floor:
+            n = graph.nodes[p]
+            if n.op_type in CLONE_OPS and n.domain in ("", "ai.onnx") and len(n.outputs) == 1:
+                res = trace_node(graph, n, 0, cu.axis)
+                if res != MIX:
+                    node_cuts = [None if r is None else Cut(r[0], cu.scale * r[1]) for r in res]
+        if node_cuts is None:
+            leaves[(u, cu)] = None
+            continue
+        nodes[p] = node_cuts
+        made[u] = cu
+        for i, ci in zip(graph.nodes[p].inputs, node_cuts):
+            if i:
                 if ci is None:
                     whole[i] = None
                 else:
                     stack.append((i, ci))
-        else:
-            leaves = {k: None for k in leaves if k[0] not in made}
-            if any(u in made for u in whole) or not cone:
-                continue
+    else:
+        leaves = {k: None for k in leaves if k[0] not in made}
+        if nodes and not any(u in made for u in whole):
             read = sum(graph.nbytes(u) for u, _ in leaves)
             read += sum(graph.nbytes(u) for u in whole if not graph.is_weight(u) and graph.const_value(u) is None)
-            if read * CLONE_GAIN > graph.nbytes(t):
-                continue
-            clones.update(cone)
-            in_cuts.update(cone)
-            cuts.update(made)
-            del slices[(t, c)]
-            slices.update(leaves)
-            outer.update(whole)
+            if read * CLONE_GAIN <= graph.nbytes(t):
+                ins = frozenset(i for p in nodes for i in graph.nodes[p].inputs if i)
+                result = _Cone(nodes, made, tuple(leaves), tuple(whole), ins)
+    cache[key] = result
+    return result
+
+
+def _clone_cone(graph: Graph, slices: dict, outer: dict, taken: set[int], produced: set[str],
+                cuts: dict, in_cuts: dict) -> set[int]:
+    """Swap each large sliced input for the cone that rebuilds it, where the region allows."""
+    clones: set[int] = set()
+    for t, c in list(slices):
+        if graph.nbytes(t) < CLONE_MIN_BYTES or t in outer or any(t2 == t and c2 != c for t2, c2 in slices):
+            continue
+        cone = _cone(graph, t, c)
+        if cone is None or len(clones) + len(cone.nodes) > MAX_CLONES:
+            continue
+        if any(p in taken or p in clones for p in cone.nodes) or not produced.isdisjoint(cone.inputs):
+            continue
+        if any(u != t and (u in outer or any(t2 == u for t2, _ in slices)) for u in cone.made):
+            continue
+        clones.update(cone.nodes)
+        in_cuts.update(cone.nodes)
+        cuts.update(cone.made)
+        del slices[(t, c)]
+        slices.update(dict.fromkeys(cone.leaves))
+        outer.update(dict.fromkeys(cone.whole))
     return clones

@@ -30,16 +30,32 @@ def anchors(graph: Graph, est: Estimate, opaque: set[int]) -> list[str]:
 
 
 def candidates(graph: Graph, est: Estimate, opaque: set[int]) -> list[Region]:
-    """All distinct legal regions that would make one of the anchors loop-internal."""
+    """All distinct legal regions that would make one of the anchors loop-internal.
+
+    Flows are traced once per (end, axis) from the earliest start an anchor needs there, and each
+    region once per (end, axis, start): anchors of one layer share most of their windows."""
     order = list(range(len(graph.nodes)))
     seen: set = set()
     found: list[Region] = []
+    spans = []
     for anchor in anchors(graph, est, opaque):
-        a = graph.producer[anchor]
-        views = _views(graph, anchor)
-        last = max(graph.consumers.get(anchor, [a]))
         if anchor in graph.output_names:
             continue
+        a = graph.producer[anchor]
+        lo = a
+        while lo > 0 and a - lo < BACKWARD and lo - 1 not in opaque:
+            lo -= 1
+        spans.append((anchor, a, lo, max(graph.consumers.get(anchor, [a]))))
+    if not spans:
+        return found
+    need: dict[int, int] = {}  # end -> earliest start any anchor needs with it
+    for _, _, lo, last in spans:
+        for e in range(last, min(len(order), last + FORWARD + 1)):
+            need[e] = min(need.get(e, lo), lo)
+    flows: dict[tuple[int, int], object] = {}
+    regions: dict[tuple[int, int, int], Region | None] = {}
+    for anchor, a, lo, last in spans:
+        views = _views(graph, anchor)
         for e in range(last, min(len(order), last + FORWARD + 1)):
             if e in opaque:
                 continue
@@ -53,29 +69,36 @@ def candidates(graph: Graph, est: Estimate, opaque: set[int]) -> list[Region]:
             for axis, dim in enumerate(shape):
                 if dim < 2:
                     continue
-                prev_body = None
-                lo = a
-                while lo > 0 and a - lo < BACKWARD and lo - 1 not in opaque:
-                    lo -= 1
-                flow = trace_flow(graph, order, e, used[0], axis, lo, opaque)
-                if graph.producer.get(anchor) not in flow.mode or flow.mode[a] != "CHUNK":
+                if (e, axis) not in flows:
+                    flows[(e, axis)] = trace_flow(graph, order, e, used[0], axis, need[e], opaque)
+                flow = flows[(e, axis)]
+                if flow.mode.get(a) != "CHUNK":
                     continue
+                prev_body = None
+                least_read = None  # activation bytes the loop reads, of the last region kept
                 for s in range(a, lo - 1, -1):
                     if s != a and flow.mode.get(s) != "CHUNK":
                         continue  # the loop body only changes where a chunked node joins
-                    r = flow.region(s)
+                    if (e, axis, s) not in regions:
+                        regions[(e, axis, s)] = flow.region(s)
+                    r = regions[(e, axis, s)]
                     if r is None:
                         continue
                     key = (frozenset(r.nodes), tuple(r.outputs), axis)
                     body = key[0]
-                    if body == prev_body or key in seen:
+                    if body == prev_body:
                         continue
                     prev_body = body
                     produced = {o for b in r.owned for o in b.outputs}
                     if not views <= produced or views & set(r.outputs):
                         continue  # the anchor's buffer (or a view of it) would still be materialised
-                    seen.add(key)
-                    found.append(r)
+                    read = _read_bytes(graph, r)
+                    if least_read is not None and read >= least_read:
+                        continue  # a longer loop that materialises nothing less: dominated
+                    least_read = read
+                    if key not in seen:
+                        seen.add(key)
+                        found.append(r)
     return found
 
 
@@ -89,3 +112,8 @@ def _views(graph: Graph, t: str) -> set[str]:
                 out.add(n.outputs[0])
                 stack.append(n.outputs[0])
     return out
+
+
+def _read_bytes(graph: Graph, r: Region) -> int:
+    """Activation bytes a loop reads from outside (weights and constants excluded)."""
+    return sum(graph.nbytes(t) for t in r.inputs if not graph.is_weight(t) and graph.const_value(t) is None)

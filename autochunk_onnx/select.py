@@ -45,6 +45,7 @@ class Choice:
     replaced_peak: int  # the current peak of the steps the loop replaces
     slowdown: float  # predicted extra time / model time
     fits: bool
+    covers: bool = True  # the loop replaces the step where the plan peaks
 
 
 class QuickCost:
@@ -64,8 +65,9 @@ class QuickCost:
             self.suffix[k] = max(self.suffix[k + 1], tl[k])
         self.start_bytes = est.input_bytes
 
-    def loop_fn(self, r: Region) -> tuple[Callable[[int], int], int]:
-        """(chunk -> loop-step bytes, the current peak of the steps the loop replaces)."""
+    def loop_fn(self, r: Region) -> tuple[Callable[[int], int], int, bool]:
+        """(chunk -> loop-step bytes, the current peak of the steps the loop replaces, whether
+        those steps include the plan's peak)."""
         g = self.graph
         ps = [self.pos[n.index] for n in r.owned]
         p0, p1 = min(ps), max(ps)
@@ -80,7 +82,8 @@ class QuickCost:
         def f(c: int) -> int:
             return base + max(bp(c), out_total)
 
-        return f, max(p.live_bytes for p in self.est.timeline[p0:p1 + 1])
+        covers = p0 <= self.est.peak_index <= p1
+        return f, max(p.live_bytes for p in self.est.timeline[p0:p1 + 1]), covers
 
     def freed(self, r: Region, p0: int) -> int:
         """Bytes live before the loop that die because this region recomputes their last reader."""
@@ -97,7 +100,7 @@ def choose(graph: Graph, cands: list[Region], quick: QuickCost, budget: int, mod
     """Rank candidates: fitting ones by predicted slowdown, then the rest by the memory they reach."""
     choices = []
     for r in cands:
-        f, here = quick.loop_fn(r)
+        f, here, covers = quick.loop_fn(r)
         c_min = max(1, -(-r.units // MAX_ITERATIONS))
         c = largest_fitting(f, c_min, r.units - 1, budget)
         fits = c is not None
@@ -106,6 +109,8 @@ def choose(graph: Graph, cands: list[Region], quick: QuickCost, budget: int, mod
             c = largest_fitting(f, c_min, r.units - 1, int(floor * 1.02) + 1) or c_min
         c = balanced(r.units, c)
         slow = loop_cost(graph, r, c).extra_s / model_s
-        choices.append(Choice(r, c, f(c), here, slow, fits))
-    choices.sort(key=lambda ch: (not ch.fits, ch.slowdown if ch.fits else ch.predicted_peak, len(ch.region.body)))
+        choices.append(Choice(r, c, f(c), here, slow, fits, covers))
+    # A loop that does not contain the peak step cannot lower the peak: those come last.
+    choices.sort(key=lambda ch: (not ch.covers, not ch.fits, ch.slowdown if ch.fits else ch.predicted_peak,
+                                 len(ch.region.body)))
     return choices
