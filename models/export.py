@@ -386,6 +386,28 @@ def _mask(batch, seq, seed, pad=True):
     return m
 
 
+def _text_spec(family: str, size: str, attn: str, opset: int, model, vocab: int, max_len: int,
+               output: str, sample_seed: int) -> Spec:
+    """Spec of a token model with `input_ids` and `attention_mask` [batch, seq] (GPT-2, BERT)."""
+    batch, seq = Dim("batch", min=1, max=64), Dim("seq", min=2, max=max_len)
+    sample = {"input_ids": _ids(2, 17, vocab, sample_seed), "attention_mask": _mask(2, 17, sample_seed)}
+    checks = [{"input_ids": _ids(2, s, vocab, s), "attention_mask": _mask(2, s, s)} for s in (33, 130)]
+    timing = [{"input_ids": _ids(1, s, vocab, s), "attention_mask": _mask(1, s, s)}
+              for s in (1024, 2048, 4096, 8192)]
+    suffix = "" if attn == "eager" else f"_{attn}"
+    suffix += "" if opset == 20 else f"_opset{opset}"
+    return Spec(
+        name=f"{family}_{size}{suffix}",
+        model=model,
+        sample=sample,
+        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+        output_names=[output],
+        dynamic_axes={"input_ids": [0, 1], "attention_mask": [0, 1]},
+        checks=checks,
+        timing=timing,
+    )
+
+
 def gpt_spec(size: str, attn: str, opset: int) -> Spec:
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -398,24 +420,7 @@ def gpt_spec(size: str, attn: str, opset: int) -> Spec:
     torch.manual_seed(SEED)
     model = _LogitsOnly(GPT2LMHeadModel(config)).eval()
     redraw_parameters(model)
-    V = config.vocab_size
-    batch, seq = Dim("batch", min=1, max=64), Dim("seq", min=2, max=config.n_positions)
-    sample = {"input_ids": _ids(2, 17, V, 1), "attention_mask": _mask(2, 17, 1)}
-    checks = [{"input_ids": _ids(2, s, V, s), "attention_mask": _mask(2, s, s)} for s in (33, 130)]
-    timing = [{"input_ids": _ids(1, s, V, s), "attention_mask": _mask(1, s, s)}
-              for s in (1024, 2048, 4096, 8192)]
-    suffix = "" if attn == "eager" else f"_{attn}"
-    suffix += "" if opset == 20 else f"_opset{opset}"
-    return Spec(
-        name=f"gpt2_{size}{suffix}",
-        model=model,
-        sample=sample,
-        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-        output_names=["logits"],
-        dynamic_axes={"input_ids": [0, 1], "attention_mask": [0, 1]},
-        checks=checks,
-        timing=timing,
-    )
+    return _text_spec("gpt2", size, attn, opset, model, config.vocab_size, config.n_positions, "logits", 1)
 
 
 def bert_spec(size: str, attn: str, opset: int) -> Spec:
@@ -432,25 +437,8 @@ def bert_spec(size: str, attn: str, opset: int) -> Spec:
     torch.manual_seed(SEED)
     model = _BertWrap(BertModel(config, add_pooling_layer=False)).eval()
     redraw_parameters(model)
-    V = config.vocab_size
-    batch = Dim("batch", min=1, max=64)
-    seq = Dim("seq", min=2, max=config.max_position_embeddings)
-    sample = {"input_ids": _ids(2, 17, V, 2), "attention_mask": _mask(2, 17, 2)}
-    checks = [{"input_ids": _ids(2, s, V, s), "attention_mask": _mask(2, s, s)} for s in (33, 130)]
-    timing = [{"input_ids": _ids(1, s, V, s), "attention_mask": _mask(1, s, s)}
-              for s in (1024, 2048, 4096, 8192)]
-    suffix = "" if attn == "eager" else f"_{attn}"
-    suffix += "" if opset == 20 else f"_opset{opset}"
-    return Spec(
-        name=f"bert_{size}{suffix}",
-        model=model,
-        sample=sample,
-        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-        output_names=["last_hidden_state"],
-        dynamic_axes={"input_ids": [0, 1], "attention_mask": [0, 1]},
-        checks=checks,
-        timing=timing,
-    )
+    return _text_spec("bert", size, attn, opset, model, config.vocab_size, config.max_position_embeddings,
+                      "last_hidden_state", 2)
 
 
 def vit_spec(size: str, attn: str, opset: int) -> Spec:
