@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test models bench bench-quick fuzz clean
+.PHONY: install demo test models bench bench-quick bench-large fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --quick
+
+# A GPT-like model with GIB GiB of external weights (temp folder): estimate and optimize
+# --no-verify time and peak RSS against the targets, output checked by path and run in ORT.
+GIB ?= 1.0
+bench-large: $(STAMP)
+	$(BIN)/python -m bench.large --gib $(GIB) --run
 
 clean:
 	rm -rf demo-out .pytest_cache

@@ -5,7 +5,6 @@ exit code, and never print.
 """
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 import time
@@ -21,13 +20,14 @@ from .errors import BadInputError, BudgetUnreachableError, VerificationError
 from .estimate import Estimate, estimate_graph
 from .graph import Graph
 from .inputs import load_inputs, make_inputs
-from .loader import load_model, parse_input_shapes, pin_input_shapes, unpinned_inputs
+from .loader import (LOOP_OPSET, default_opset, load_model, parse_input_shapes, pin_input_shapes, unpinned_inputs,
+                     upgrade_opset)
 from .measure import Measurement, measure
 from .planner import Plan, plan
 from .rewrite import rewrite
 from .loader import load_model  # noqa: F401  (re-exported for the CLI)
-from .save import save_model
-from .shapes import infer_graph, require_shapes
+from .save import discard, publish, publish_as, save_model, stage
+from .shapes import infer_graph, infer_shapes, require_shapes, skeleton
 
 
 @dataclass
@@ -47,8 +47,12 @@ def load(path: str | os.PathLike, input_shapes: dict[str, list[int]] | list[str]
         input_shapes = {}
     if not isinstance(input_shapes, dict):
         input_shapes = parse_input_shapes(input_shapes)
-    original = load_model(path)
-    pinned = copy.deepcopy(original)
+    return _prepare(Path(path), load_model(path), input_shapes)
+
+
+def _prepare(path: Path, original: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> Loaded:
+    pinned = onnx.ModelProto()
+    pinned.CopyFrom(original)  # weights are external (or small): a cheap copy
     pin_input_shapes(pinned, input_shapes)
     missing = unpinned_inputs(pinned)
     if missing:
@@ -56,7 +60,7 @@ def load(path: str | os.PathLike, input_shapes: dict[str, list[int]] | list[str]
     graph = infer_graph(pinned)
     require_shapes(graph)
     shapes = {n: graph.shape(n) for n in graph.input_names}
-    return Loaded(Path(path), original, pinned, graph, shapes)
+    return Loaded(path, original, pinned, graph, shapes)
 
 
 def estimate(path, input_shapes=None) -> tuple[Loaded, Estimate]:
@@ -66,7 +70,7 @@ def estimate(path, input_shapes=None) -> tuple[Loaded, Estimate]:
 
 def dynamic_shapes(m: Loaded) -> dict[str, tuple]:
     """Every tensor's shape at a second pinning (dynamic dims doubled): dims that differ are dynamic."""
-    second = copy.deepcopy(m.original)
+    second, _ = skeleton(m.original)  # no weights: a few hundred KiB whatever the model size
     shapes2 = {}
     for vi in m.original.graph.input:
         if vi.name not in m.shapes:
@@ -75,10 +79,10 @@ def dynamic_shapes(m: Loaded) -> dict[str, tuple]:
         shapes2[vi.name] = [v if d.HasField("dim_value") else 2 * v for d, v in zip(dims, m.shapes[vi.name])]
     try:
         pin_input_shapes(second, shapes2)
-        g2 = infer_graph(second)
+        tensors = infer_shapes(second)
     except Exception:  # noqa: BLE001 - without it every dim is declared symbolic, still correct
         return {}
-    return {k: v.shape for k, v in g2.tensors.items() if v.shape is not None and None not in v.shape}
+    return {k: v.shape for k, v in tensors.items() if v.shape is not None and None not in v.shape}
 
 
 @dataclass
@@ -131,6 +135,7 @@ class OptimizeResult:
     timings: dict[str, float] = field(default_factory=dict)
     budget: int = 0
     budget_text: str = ""
+    notes: list[str] = field(default_factory=list)  # what was changed besides chunking (opset)
 
 
 def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_output: bool = True,
@@ -156,8 +161,18 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
     say("searching chunk regions")
     t = time.perf_counter()
     p = plan(m.graph, budget_bytes, original)
+    notes = []
+    old_opset = default_opset(m.original)
+    if p.regions and old_opset < LOOP_OPSET and (p.fits or best_effort):
+        # Loops will be emitted: convert, then plan again on the converted graph (its nodes differ)
+        say(f"raising opset {old_opset} -> {LOOP_OPSET}")
+        m2 = _prepare(src, upgrade_opset(m.original, LOOP_OPSET), {k: list(v) for k, v in m.shapes.items()})
+        p2 = plan(m2.graph, budget_bytes, estimate_graph(m2.graph))
+        if p2.regions:  # else nothing to chunk after all: the model keeps its opset
+            m, p = m2, p2
+            notes.append(f"opset raised from {old_opset} to {LOOP_OPSET}: Loop over sequences needs it")
     timings["search_s"] = time.perf_counter() - t
-    result = OptimizeResult(p, None, timings=timings, budget=budget_bytes, budget_text=str(budget))
+    result = OptimizeResult(p, None, timings=timings, budget=budget_bytes, budget_text=str(budget), notes=notes)
     if not p.fits and not best_effort:
         where = f"peak at node {p.final.peak_node}, {p.final.peak_op}"
         raise BudgetUnreachableError(
@@ -172,33 +187,34 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
     timings["rewrite_s"] = time.perf_counter() - t
     t = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True) if not out.parent.exists() else None
-    tmp_out = out.with_name(f".{out.name}.unverified.onnx") if verify_output else out
-    written = save_model(model, tmp_out, src.parent)
-    timings["write_s"] = time.perf_counter() - t
-    if verify_output:
+    if not verify_output:
+        written = save_model(model, out, src.parent)
+        timings["write_s"] = time.perf_counter() - t
+    else:
+        # staged under its final name next to OUTPUT, verified there, then moved in by rename:
+        # the weights are copied once
+        staged = stage(model, out, src.parent)
+        timings["write_s"] = time.perf_counter() - t
         say("verifying in ONNX Runtime")
         t = time.perf_counter()
         try:
-            rep = verify(src, tmp_out, feeds=None, inputs_path=inputs_path, providers=providers, atol=atol, rtol=rtol,
+            rep = verify(src, staged, feeds=None, inputs_path=inputs_path, providers=providers, atol=atol, rtol=rtol,
                          seed=seed, loaded=m)
         except BaseException:
-            _remove(written)
+            discard(staged)
             raise
         timings["verify_s"] = time.perf_counter() - t
         result.verify = rep
         if not rep.ok:
             if keep_failed:
-                kept = save_model(model, out.with_name(out.name + ".failed.onnx"), src.parent)
-                _remove(written)
-                written = kept
+                publish_as(staged, out.with_name(out.name + ".failed.onnx"))
             else:
-                _remove(written)
+                discard(staged)
             bad = next(d for d in rep.diffs if not d.ok)
             raise VerificationError(
                 f"verification failed: output {bad.name!r} differs (max abs {bad.max_abs:.3g}, max rel {bad.max_rel:.3g}, "
                 f"{bad.mismatches}/{bad.total} elements out of tolerance{'; ' + bad.note if bad.note else ''})", report=rep)
-        written = save_model(model, out, src.parent)
-        _remove([w for w in (tmp_out, Path(str(tmp_out) + ".data")) if w.exists()])
+        written = publish(staged, out)
     result.output_path = out
     result.written = written
     return result

@@ -159,3 +159,61 @@ def unpinned_inputs(model: onnx.ModelProto) -> list[str]:
             if not d.HasField("dim_value"):
                 missing.append(f"{vi.name} dim {k} ({d.dim_param or '?'})")
     return missing
+
+
+LOOP_OPSET = 13  # Loop with sequence-typed loop-carried values (the chunks of each output)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _clone(msg):
+    c = type(msg)()
+    c.CopyFrom(msg)
+    return c
+
+
+def upgrade_opset(model: onnx.ModelProto, target: int = LOOP_OPSET) -> onnx.ModelProto:
+    """Return `model` converted to default-domain opset `target` by onnx.version_converter.
+
+    The conversion runs on the weightless skeleton (weights stay on disk, nothing near protobuf's
+    2 GiB limit is serialized); the original initializer protos are put back afterwards, in their
+    order. Raises BadInputError (one line) when the converter cannot do it.
+    """
+    from onnx import version_converter
+
+    from .shapes import skeleton
+
+    old = default_opset(model)
+    sk, stripped = skeleton(model)
+    try:
+        conv = version_converter.convert_version(sk, target)
+    except Exception as e:  # noqa: BLE001 - the converter raises many kinds
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInputError(f"chunking needs opset >= {target} (Loop over sequences) and converting the model from opset "
+                            f"{old} failed: {why}") from None
+    if default_opset(conv) != target:
+        raise BadInputError(f"chunking needs opset >= {target} (Loop over sequences) and converting the model from opset "
+                            f"{old} failed: the converter left opset {default_opset(conv)}")
+    stripped_set = set(stripped)
+    was_input = {vi.name for vi in model.graph.input}
+    inputs = [vi for vi in conv.graph.input if vi.name not in stripped_set or vi.name in was_input]
+    if stripped_set - {vi.name for vi in conv.graph.input}:
+        raise BadInputError(f"chunking needs opset >= {target} (Loop over sequences) and converting the model from opset "
+                            f"{old} failed: the converter dropped weights")
+    orig_inputs = {vi.name: vi for vi in model.graph.input}
+    inputs = [orig_inputs[vi.name] if vi.name in stripped_set else _clone(vi) for vi in inputs]
+    new_inits = {t.name: _clone(t) for t in conv.graph.initializer}  # small ones only: cheap
+    del conv.graph.input[:]
+    conv.graph.input.extend(inputs)
+    ordered = []
+    for t in model.graph.initializer:
+        ordered.append(t if t.name in stripped_set else new_inits.pop(t.name, t))
+    ordered.extend(new_inits.values())  # initializers the converter added
+    del conv.graph.initializer[:]
+    conv.graph.initializer.extend(ordered)
+    # the converter keeps the IR version; opset 13 needs IR >= 7
+    min_ir = min((ir for _, ir, op, *_ in onnx.helper.VERSION_TABLE if op == target), default=conv.ir_version)
+    conv.ir_version = max(conv.ir_version, min_ir)
+    return conv

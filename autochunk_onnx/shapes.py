@@ -1,7 +1,9 @@
 """Infer every tensor's concrete shape once the input dims are pinned.
 
 ONNX Runtime's symbolic shape inference resolves far more than onnx's own (shape subgraphs,
-Reshape targets); onnx's with data propagation is the fallback when it fails.
+Reshape targets); onnx's with data propagation is run too and wins where it finds a concrete
+shape. Both run on a weightless skeleton of the model; where both leave holes, the shape
+computations that became known are evaluated and both run again.
 """
 from __future__ import annotations
 
@@ -15,17 +17,93 @@ from .errors import BadInputError
 from .graph import Graph, TensorInfo
 
 
+# Initializers with more elements than this are never needed for their values by shape
+# inference (shape constants are tiny), so the skeleton declares them as graph inputs instead.
+BIG_INLINE_ELEMS = 1 << 16
+
+
+def _is_big(t: onnx.TensorProto) -> bool:
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return True
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n > BIG_INLINE_ELEMS
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    """dst gets every set field of src but `skip` (no copy of the skipped one is ever made)."""
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        repeated = getattr(fd, "is_repeated", None)
+        if repeated is None:  # protobuf < 5
+            repeated = fd.label == fd.LABEL_REPEATED
+        if repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of `model` without weight data, for shape inference and opset conversion.
+
+    Every external initializer (and every inline one over BIG_INLINE_ELEMS elements) becomes a
+    graph input of the same name, dtype and dims: shapes propagate exactly as before, but no engine
+    can read, copy or serialize the weights (ORT's symbolic inference would otherwise try to read
+    external bias values relative to the current folder, and fail). The skeleton stays small for any
+    model size, so it is far below protobuf's 2 GiB limit. Returns (skeleton, names turned into inputs).
+    """
+    src = model.graph
+    sk = onnx.ModelProto()
+    _copy_fields(model, sk, skip="graph")
+    g = sk.graph
+    _copy_fields(src, g, skip="initializer")
+    declared = {vi.name: vi for vi in g.input}
+    stripped = []
+    for t in src.initializer:
+        if not _is_big(t):
+            g.initializer.append(t)
+            continue
+        stripped.append(t.name)
+        vi = onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        if t.name in declared:  # IR < 4: initializers are listed as inputs too
+            declared[t.name].CopyFrom(vi)
+        else:
+            g.input.append(vi)
+    return sk, stripped
+
+
 def _infer_ort(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """ORT's symbolic shape inference; an incomplete result is kept (onnx's fills the holes).
+
+    Its `infer_shapes` raises on an incomplete result after saving the model as
+    `sym_shape_infer_temp.onnx` in the current folder: the loop below is that function without
+    the save and without the raise. When it stops on a node it cannot handle, the shapes of the
+    nodes it had already done (it goes in topological order) are kept.
+    """
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except ImportError:
         return None
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    ssi = None
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
-    except Exception:  # noqa: BLE001 - any failure means: try the other engine
-        return None
+            ssi = SymbolicShapeInference(2**31 - 1, True, True, 0)
+            if not all(hasattr(ssi, a) for a in ("_preprocess", "_infer_impl", "_update_output_from_vi", "run_")):
+                ssi = None
+                return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
+            ssi._preprocess(model)
+            while ssi.run_:
+                ssi._infer_impl()
+            ssi._update_output_from_vi()
+            return ssi.out_mp_
+    except Exception:  # noqa: BLE001 - keep what was done; onnx's engine fills the rest
+        out = getattr(ssi, "out_mp_", None)
+        return out if isinstance(out, onnx.ModelProto) else None
 
 
 def _infer_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -62,22 +140,145 @@ def _known(tensors: dict[str, TensorInfo], model: onnx.ModelProto) -> int:
     return sum(1 for n in model.graph.node for o in n.output if o and tensors.get(o) and tensors[o].numel is not None)
 
 
+def _merge(sk: onnx.ModelProto) -> dict[str, TensorInfo]:
+    """Both engines' answers: onnx's where it finds a concrete shape, ORT's for the rest.
+
+    ORT's symbolic inference resolves far more (shape subgraphs, contrib ops), but where both
+    find a concrete shape and differ, onnx's (the spec's own inference functions) is the right
+    one: ORT 1.31 gets `Einsum('...x,xy->...y')` on [3,109,96] x [96,12] wrong as [96,12,12].
+    """
+    ort = _infer_ort(sk)
+    fb = _collect(_infer_onnx(sk))
+    if ort is None:
+        return fb
+    merged = _collect(ort)
+    merged.update({k: v for k, v in fb.items() if v.numel is not None or k not in merged})
+    return merged
+
+
+def _holes(tensors: dict[str, TensorInfo], model: onnx.ModelProto) -> int:
+    return sum(1 for n in model.graph.node for o in n.output if o and (tensors.get(o) is None or tensors[o].numel is None))
+
+
+# Ops a shape computation is made of, evaluated on small values when both engines leave holes.
+FOLD_OPS = {"Shape", "Size", "Constant", "Identity", "Cast", "Gather", "Concat", "Unsqueeze", "Squeeze", "Slice",
+            "Reshape", "Flatten", "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Floor", "Ceil", "Min", "Max",
+            "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Where", "Range",
+            "ReduceProd", "ReduceSum", "ReduceMin", "ReduceMax", "ConstantOfShape", "Sqrt", "Transpose"}
+FOLD_MAX_ELEMS = 1 << 16
+
+
+def _fold(sk: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> tuple[onnx.ModelProto, dict[str, TensorInfo]] | None:
+    """Evaluate the shape computations whose inputs are now known (Shape of a tensor of known shape,
+    small constants) and put their values in as initializers, so the engines can read Reshape
+    targets, Range limits, ... that they could not derive (ORT's symbolic inference stops at the
+    first node it cannot handle). Returns (folded skeleton, infos of the folded tensors) or None."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    try:
+        from onnx.reference import ReferenceEvaluator
+    except ImportError:
+        return None
+    opset = next((o.version for o in sk.opset_import if o.domain in ("", "ai.onnx")), 0)
+    values: dict = {}
+    for t in sk.graph.initializer:
+        if np.prod(t.dims, dtype=np.int64) <= FOLD_MAX_ELEMS:
+            try:
+                values[t.name] = numpy_helper.to_array(t)
+            except Exception:  # noqa: BLE001 - a value we cannot read is simply unknown
+                pass
+    folded = set()  # node indices (protobuf wrappers are transient: no id())
+    for k, n in enumerate(sk.graph.node):
+        if n.domain not in ("", "ai.onnx") or n.op_type not in FOLD_OPS or not n.output or not n.output[0]:
+            continue
+        ins = [i for i in n.input if i]
+        try:
+            if n.op_type in ("Shape", "Size"):
+                t = tensors.get(n.input[0])
+                if t is None or t.numel is None:
+                    continue
+                if n.op_type == "Size":
+                    out = np.array(t.numel, dtype=np.int64)
+                else:
+                    attrs = {a.name: a.i for a in n.attribute}
+                    out = np.array(t.shape, dtype=np.int64)[attrs.get("start", 0):attrs.get("end", len(t.shape)) or None]
+                    if "end" in attrs and attrs["end"] == 0:
+                        out = out[:0]
+            else:
+                if not all(i in values for i in ins):
+                    continue
+                if any(values[i].size > FOLD_MAX_ELEMS for i in ins):
+                    continue
+                if n.op_type == "Range":
+                    a, b, c = (values[i].item() for i in n.input[:3])
+                    if c == 0 or max(0, -(-(b - a) // c)) > FOLD_MAX_ELEMS:
+                        continue
+                if n.op_type == "ConstantOfShape" and np.prod(values[n.input[0]], dtype=np.int64) > FOLD_MAX_ELEMS:
+                    continue
+                res = ReferenceEvaluator(n, opsets={"": opset}).run(None, {i: values[i] for i in ins})
+                if len(res) != len([o for o in n.output if o]):
+                    continue
+                for o, v in zip([o for o in n.output if o], res):
+                    v = np.asarray(v)
+                    if v.size <= FOLD_MAX_ELEMS and v.dtype != object:
+                        values[o] = v
+                if all(o in values for o in n.output if o):
+                    folded.add(k)
+                continue
+        except Exception:  # noqa: BLE001 - unknown stays unknown
+            continue
+        values[n.output[0]] = out
+        folded.add(k)
+    if not folded:
+        return None
+    out_model = onnx.ModelProto()
+    _copy_fields(sk, out_model, skip="graph")
+    _copy_fields(sk.graph, out_model.graph, skip="node")
+    new_vals = {}
+    for k, n in enumerate(sk.graph.node):
+        if k in folded:
+            for o in n.output:
+                if o:
+                    out_model.graph.initializer.append(numpy_helper.from_array(values[o], o))
+                    new_vals[o] = TensorInfo(o, tuple(values[o].shape), onnx.helper.np_dtype_to_tensor_dtype(values[o].dtype))
+        else:
+            out_model.graph.node.append(n)
+    return out_model, new_vals
+
+
+def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
+    """Shapes of every tensor of a model whose inputs are pinned (best of both engines).
+
+    Both engines run on the weightless skeleton: weights stay on disk and no model of any size
+    is serialized whole. Where both leave holes, the shape computations that became known are
+    evaluated and both run again (at most 3 times).
+    """
+    sk, _ = skeleton(pinned)
+    tensors = _merge(sk)
+    work = sk
+    for _ in range(3):
+        holes = _holes(tensors, sk)
+        if not holes:
+            break
+        res = _fold(work, tensors)
+        if res is None:
+            break
+        work, new_vals = res
+        more = _merge(work)
+        more.update(new_vals)
+        filled = {k: v for k, v in more.items() if v.numel is not None and (k not in tensors or tensors[k].numel is None)}
+        if not filled:
+            break
+        tensors.update(filled)
+    for t in pinned.graph.initializer:  # the stripped weights: dims from their protos, as before
+        tensors[t.name] = TensorInfo(t.name, tuple(t.dims), t.data_type)
+    return tensors
+
+
 def infer_graph(pinned: onnx.ModelProto) -> Graph:
     """Shape-infer a model whose inputs are pinned; return the Graph index (best of both engines)."""
-    candidates = []
-    ort = _infer_ort(pinned)
-    if ort is not None:
-        candidates.append(_collect(ort))
-    needs_fallback = not candidates or _known(candidates[0], pinned) < sum(1 for n in pinned.graph.node for o in n.output if o)
-    if needs_fallback:
-        fb = _collect(_infer_onnx(pinned))
-        if candidates:  # fill the holes ORT left with onnx's answers
-            merged = dict(fb)
-            merged.update({k: v for k, v in candidates[0].items() if v.numel is not None or k not in fb})
-            candidates[0] = merged
-        else:
-            candidates.append(fb)
-    return Graph(pinned, candidates[0])
+    return Graph(pinned, infer_shapes(pinned))
 
 
 def require_shapes(graph: Graph) -> None:

@@ -125,12 +125,15 @@ def optimize(model, output, budget, input_shapes, dry_run, best_effort, no_verif
 
     res = _run(go, debug)
     p = res.plan
+    if not quiet:
+        for note in res.notes:
+            click.echo(f"autochunk-onnx: note: {note}", err=True)
     if not p.fits:
         click.echo(f"autochunk-onnx: warning: budget {fmt_bytes(res.budget)} not reached: best plan reaches "
                    f"{fmt_bytes(p.final.peak_bytes)} (peak at node {p.final.peak_node}, {p.final.peak_op})", err=True)
     doc = {"status": "ok" if p.fits else "over_budget", "model": str(model), "output": None if dry_run else str(output),
            "written": [str(w) for w in res.written], "plan": plan_json(p), "timings": res.timings,
-           "verify": verify_json(res.verify) if res.verify else None}
+           "notes": res.notes, "verify": verify_json(res.verify) if res.verify else None}
     if as_json or report:
         _emit_json(doc, report)
         if report and not as_json and not quiet:

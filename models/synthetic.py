@@ -240,7 +240,7 @@ def transformer(layers: int = 2, d_model: int = 64, heads: int = 4, ffn_mult: in
                 vocab: int = 512, seed: int = 0, causal: bool = True,
                 dynamic_reshape: bool = True, *, max_positions: int = MAX_POSITIONS,
                 pos_embedding: str = "learned", weight_dtype: str = "float32",
-                tie_embeddings: bool = False) -> onnx.ModelProto:
+                tie_embeddings: bool = False, _graph: Optional["_Graph"] = None) -> onnx.ModelProto:
     """GPT-like decoder, shaped like an exporter (torch.onnx) graph.
 
     input ``input_ids`` int64 [batch, seq] -> output ``logits`` float32 [batch, seq, vocab].
@@ -254,7 +254,7 @@ def transformer(layers: int = 2, d_model: int = 64, heads: int = 4, ffn_mult: in
     """
     if pos_embedding not in ("learned", "sinusoidal"):
         raise ValueError(f"pos_embedding must be 'learned' or 'sinusoidal', got {pos_embedding!r}")
-    g = _Graph(seed, weight_dtype)
+    g = _graph if _graph is not None else _Graph(seed, weight_dtype)
     d = d_model
     ids = "input_ids"
 
@@ -666,6 +666,73 @@ def big_external_model(path: Union[str, os.PathLike], weight_gib: float = 1.0, *
     return data_path
 
 
+class _ExternalGraph(_Graph):
+    """_Graph whose normal-distributed parameters of >= ``min_bytes`` are written straight into
+    an open data file, block by block (~8 MiB of weights in memory at a time), as external
+    tensors; small parameters (LayerNorm, constants) stay inline."""
+
+    def __init__(self, seed: int, fh, location: str, min_bytes: int = 1024):
+        super().__init__(seed)
+        self.fh, self.location, self.offset, self.min_bytes = fh, location, 0, min_bytes
+
+    def normal(self, name: str, shape, std: float) -> str:
+        shape = tuple(int(s) for s in shape)
+        n = math.prod(shape)
+        if 4 * n < self.min_bytes:
+            return super().normal(name, shape, std)
+        nm = self.uniq(name)
+        pad = (-self.offset) % _ALIGN
+        if pad:
+            self.fh.write(b"\0" * pad)
+            self.offset += pad
+        row = n // shape[0]
+        step = max(1, (8 << 20) // (4 * row))
+        for r0 in range(0, shape[0], step):
+            blk = self.rng.standard_normal((min(step, shape[0] - r0),) + shape[1:], dtype=np.float32)
+            blk *= np.float32(std)
+            self.fh.write(blk.tobytes())
+        t = TensorProto()
+        t.name = nm
+        t.data_type = TensorProto.FLOAT
+        t.dims.extend(shape)
+        _set_external(t, self.location, self.offset, 4 * n)
+        self.offset += 4 * n
+        self.inits.append(t)
+        return nm
+
+
+def big_transformer_layers(weight_gib: float, d_model: int, vocab: int, max_positions: int,
+                           ffn_mult: int = 4) -> int:
+    """Layers big_transformer needs for >= ``weight_gib`` GiB of float32 weights."""
+    d = d_model
+    per_layer = 4 * ((4 + 2 * ffn_mult) * d * d + (9 + ffn_mult) * d)
+    tables = 4 * (2 * vocab * d + max_positions * d)
+    return max(1, math.ceil((weight_gib * (1 << 30) - tables) / per_layer))
+
+
+def big_transformer(path: Union[str, os.PathLike], weight_gib: float = 1.0, *, d_model: int = 2048,
+                    heads: int = 16, vocab: int = 16384, max_positions: int = 4096,
+                    layers: Optional[int] = None, seed: int = 0) -> str:
+    """Write transformer(...) (GPT-like decoder, input ``input_ids`` [batch, seq] -> ``logits``)
+    sized to hold >= ``weight_gib`` GiB of float32 weights, all in ONE external file
+    ``<basename>.data`` next to ``path``. The weights are generated and written block by block
+    while the graph is built, so they are never all in memory (RSS stays ~100 MiB whatever the
+    size). Its activation peak is the attention scores [batch, heads, seq, seq]: at seq 4096 and
+    16 heads, 1 GiB in float32. Returns the path of the data file."""
+    path = os.fspath(path)
+    if layers is None:
+        layers = big_transformer_layers(weight_gib, d_model, vocab, max_positions)
+    location = os.path.basename(path) + ".data"
+    data_path = os.path.join(os.path.dirname(os.path.abspath(path)), location)
+    with open(data_path, "wb") as fh:
+        g = _ExternalGraph(seed, fh, location)
+        m = transformer(layers=layers, d_model=d_model, heads=heads, vocab=vocab, seed=seed,
+                        max_positions=max_positions, _graph=g)
+    m.graph.name = "big_transformer"
+    onnx.save_model(m, path)
+    return data_path
+
+
 # The committed README demo model models/examples/gpt_small.onnx is
 # transformer(**GPT_SMALL_EXAMPLE). float16-stored weights + in-graph sinusoidal
 # positions keep it < 2 MB (float32 weights alone would be ~2.6 MB, and a learned
@@ -687,19 +754,19 @@ BUILDERS = {
     "stacked_transformer": stacked_transformer,
 }
 
-__all__ = list(BUILDERS) + ["with_external_data", "big_external_model", "BUILDERS",
+__all__ = list(BUILDERS) + ["with_external_data", "big_external_model", "big_transformer", "BUILDERS",
                            "GPT_SMALL_EXAMPLE", "main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.synthetic",
                                 description="Write a synthetic ONNX model.")
-    p.add_argument("name", choices=sorted(list(BUILDERS) + ["big_external"]))
+    p.add_argument("name", choices=sorted(list(BUILDERS) + ["big_external", "big_transformer"]))
     p.add_argument("--out", required=True, help="output .onnx path")
     p.add_argument("--layers", type=int, default=None,
                    help="number of layers (transformer / stacked_transformer)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--weight-gib", type=float, default=1.0, help="big_external: GiB of weights")
+    p.add_argument("--weight-gib", type=float, default=1.0, help="big_external, big_transformer: GiB of weights")
     p.add_argument("--d", type=int, default=8192, help="big_external: weight matrix size d x d")
     p.add_argument("--external", action="store_true",
                    help="save initializers >= 1 KiB as external data")
@@ -709,6 +776,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(out_dir, exist_ok=True)
     if args.name == "big_external":
         big_external_model(args.out, weight_gib=args.weight_gib, d=args.d, seed=args.seed)
+        print(f"wrote {args.out}")
+        return 0
+    if args.name == "big_transformer":
+        big_transformer(args.out, weight_gib=args.weight_gib, layers=args.layers, seed=args.seed)
         print(f"wrote {args.out}")
         return 0
     kw = {"seed": args.seed}
