@@ -24,7 +24,7 @@ from .loader import (LOOP_OPSET, default_opset, load_model, parse_input_shapes, 
                      upgrade_opset)
 from .measure import Measurement, measure
 from .planner import Plan, plan
-from .rewrite import rewrite
+from .rewrite import portable, rewrite
 from .loader import load_model  # noqa: F401  (re-exported for the CLI)
 from .save import discard, publish, publish_as, save_model, stage
 from .shapes import infer_graph, infer_shapes, require_shapes, skeleton
@@ -160,16 +160,18 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
     timings["estimate_s"] = time.perf_counter() - t
     say("searching chunk regions")
     t = time.perf_counter()
-    p = plan(m.graph, budget_bytes, original)
+    dyn = dynamic_shapes(m)
+    p = plan(m.graph, budget_bytes, original, allow=lambda r: portable(m.graph, r, dyn))
     notes = []
     old_opset = default_opset(m.original)
     if p.regions and old_opset < LOOP_OPSET and (p.fits or best_effort):
         # Loops will be emitted: convert, then plan again on the converted graph (its nodes differ)
         say(f"raising opset {old_opset} -> {LOOP_OPSET}")
         m2 = _prepare(src, upgrade_opset(m.original, LOOP_OPSET), {k: list(v) for k, v in m.shapes.items()})
-        p2 = plan(m2.graph, budget_bytes, estimate_graph(m2.graph))
+        dyn2 = dynamic_shapes(m2)
+        p2 = plan(m2.graph, budget_bytes, estimate_graph(m2.graph), allow=lambda r: portable(m2.graph, r, dyn2))
         if p2.regions:  # else nothing to chunk after all: the model keeps its opset
-            m, p = m2, p2
+            m, p, dyn = m2, p2, dyn2
             notes.append(f"opset raised from {old_opset} to {LOOP_OPSET}: Loop over sequences needs it")
     timings["search_s"] = time.perf_counter() - t
     result = OptimizeResult(p, None, timings=timings, budget=budget_bytes, budget_text=str(budget), notes=notes)
@@ -181,7 +183,7 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
         return result
     say("rewriting into Loops")
     t = time.perf_counter()
-    model = rewrite(m.original, m.graph, p.regions, dynamic_shapes(m) if p.regions else None)
+    model = rewrite(m.original, m.graph, p.regions, dyn)
     if p.regions:
         _record_change(model, p)
     timings["rewrite_s"] = time.perf_counter() - t

@@ -7,6 +7,7 @@ candidate lowers the peak any more: then the budget is unreachable and we say ho
 from __future__ import annotations
 
 import time
+from typing import Callable
 from dataclasses import dataclass, field
 
 from .chunkflow import Region
@@ -35,7 +36,9 @@ class Plan:
     stages: int = 0
 
 
-def plan(graph: Graph, budget: int, original: Estimate | None = None) -> Plan:
+def plan(graph: Graph, budget: int, original: Estimate | None = None,
+         allow: Callable[[Region], bool] | None = None) -> Plan:
+    """Multi-stage plan for `budget` bytes; `allow` vetoes regions (e.g. not portable to other lengths)."""
     t0 = time.perf_counter()
     fused = fusions(graph)
     original = original or estimate_graph(graph)
@@ -51,6 +54,8 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None) -> Plan:
             continue
         opaque = {n.index for r in regions for n in r.owned} | dead_nodes(graph, regions)
         cands = candidates(graph, est, opaque)
+        if allow is not None:
+            cands = [r for r in cands if allow(r)]
         if not cands:
             break
         quick = QuickCost(graph, est, order, fused, regions)

@@ -13,6 +13,7 @@ symbolic chunk dim: without it ORT does not reuse buffers in the body (design no
 from __future__ import annotations
 
 import heapq
+from fractions import Fraction
 
 import numpy as np
 import onnx
@@ -66,6 +67,37 @@ def _const(nodes: list, names: _Names, base: str, values, dtype=np.int64) -> str
     out = names(base)
     nodes.append(helper.make_node("Constant", [], [out], name=out, value=numpy_helper.from_array(np.asarray(values, dtype=dtype), out)))
     return out
+
+
+def portable(graph: Graph, region: Region, dynamic: dict[str, tuple] | None) -> bool:
+    """Whether the region's Loop stays right at other input sizes.
+
+    Slice bounds and patched shapes use each cut's elements-per-unit as a constant. When a dim
+    merges the cut with a dynamic one ([batch*seq] cut by batch), that constant changes with the
+    input and the Loop would be wrong at any other length: such regions are not planned. Nor
+    are loops that slice nothing along a dynamic dim (their trip count would be a constant).
+    `dynamic` holds every tensor's shape at a second pinning (dynamic input dims doubled).
+    """
+    if not region.slices:
+        # the trip count is then a constant: right only if the cut dim never changes
+        end = dynamic.get(region.end) if dynamic else None
+        c = region.cuts[region.end]
+        if end is None or end[c.axis] != graph.shape(region.end)[c.axis]:
+            return False
+    if not dynamic:
+        return all(c.scale == 1 for c in list(region.cuts.values()) + [c for _, c in region.slices])
+    ratio = None
+    for t, c in list(region.cuts.items()) + list(region.slices):
+        s1, s2 = graph.shape(t), dynamic.get(t)
+        if s2 is None or len(s2) != len(s1):
+            if c.scale != 1:
+                return False
+            continue
+        r = Fraction(s2[c.axis], s1[c.axis])
+        if ratio is not None and r != ratio:
+            return False
+        ratio = r
+    return True
 
 
 def rewrite(original: onnx.ModelProto, graph: Graph, regions: list[Region], dynamic: dict[str, list[bool]] | None = None) -> onnx.ModelProto:
