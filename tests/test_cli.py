@@ -89,6 +89,25 @@ def run_failing(src_dir: Path, out_dir: Path, args, code: int, *needles: str) ->
     return line
 
 
+def write_variant(tmp_path: Path, model: onnx.ModelProto, name: str, edit=None) -> Path:
+    """A copy of `model`, changed by `edit`, saved as in/NAME (the input folder of a bad-input case)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    if edit is not None:
+        edit(m)
+    src = tmp_path / "in" / name
+    src.parent.mkdir(exist_ok=True)
+    src.write_bytes(m.SerializeToString())
+    return src
+
+
+def external_copy(tmp_path: Path, model: onnx.ModelProto) -> tuple[Path, Path]:
+    """`model` saved as in/abx.onnx with its weights in an external file; (model, data) paths."""
+    src = tmp_path / "in" / "abx.onnx"
+    src.parent.mkdir(exist_ok=True)
+    return src, Path(syn.with_external_data(model, src, min_bytes=1024))
+
+
 def perturb(model: onnx.ModelProto, factor: float = 1.5) -> onnx.ModelProto:
     """Same inputs/outputs (names, types), but every graph output multiplied by `factor`."""
     m = onnx.ModelProto()
@@ -184,41 +203,29 @@ def test_unreadable_model(tmp_path, out_dir, kind):
 
 
 def test_unsupported_ir_version(tmp_path, ab_model, out_dir):
-    m = onnx.ModelProto()
-    m.CopyFrom(ab_model)
-    m.ir_version = 99
-    src = tmp_path / "in" / "ir.onnx"
-    src.parent.mkdir()
-    src.write_bytes(m.SerializeToString())
+    src = write_variant(tmp_path, ab_model, "ir.onnx", lambda m: setattr(m, "ir_version", 99))
     run_failing(src.parent, out_dir, ["optimize", src, out_dir / "o.onnx", "-b", "50%", "-s", SHAPE], 2, "IR version", "99")
 
 
 def test_unsupported_opset(tmp_path, ab_model, out_dir):
-    m = onnx.ModelProto()
-    m.CopyFrom(ab_model)
-    for o in m.opset_import:
-        if o.domain in ("", "ai.onnx"):
-            o.version = 99
-    src = tmp_path / "in" / "opset.onnx"
-    src.parent.mkdir()
-    src.write_bytes(m.SerializeToString())
+    def edit(m):
+        for o in m.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                o.version = 99
+    src = write_variant(tmp_path, ab_model, "opset.onnx", edit)
     run_failing(src.parent, out_dir, ["optimize", src, out_dir / "o.onnx", "-b", "50%", "-s", SHAPE], 2, "opset", "99")
 
 
 # ----------------------------------------------------------------------------- external data
 def test_external_data_missing(tmp_path, ab_model, out_dir):
-    src = tmp_path / "in" / "abx.onnx"
-    src.parent.mkdir()
-    data = Path(syn.with_external_data(ab_model, src, min_bytes=1024))
+    src, data = external_copy(tmp_path, ab_model)
     data.unlink()
     run_failing(src.parent, out_dir, ["optimize", src, out_dir / "o.onnx", "-b", "50%", "-s", SHAPE], 2,
                 "missing", data.name)
 
 
 def test_external_data_outside_folder(tmp_path, ab_model, out_dir):
-    src = tmp_path / "in" / "abx.onnx"
-    src.parent.mkdir()
-    data = Path(syn.with_external_data(ab_model, src, min_bytes=1024))
+    src, data = external_copy(tmp_path, ab_model)
     # the traversal target exists, so only the "outside" rule can refuse it
     (tmp_path / "outside.bin").write_bytes(data.read_bytes())
     m = onnx.load(str(src), load_external_data=False)
@@ -235,39 +242,19 @@ def test_external_data_outside_folder(tmp_path, ab_model, out_dir):
     assert (tmp_path / "outside.bin").read_bytes() == outside_before
 
 
-def test_external_data_output_elsewhere(tmp_path, ab_model, out_dir):
-    src = tmp_path / "in" / "abx.onnx"
-    src.parent.mkdir()
-    syn.with_external_data(ab_model, src, min_bytes=1024)
+@pytest.mark.parametrize("verify", [True, False])
+def test_external_data_output_elsewhere(tmp_path, ab_model, out_dir, verify):
+    """External weights: the input folder is untouched, OUTPUT gets its own fresh data file."""
+    src, _ = external_copy(tmp_path, ab_model)
     before = snapshot(src.parent)
     out = out_dir / "chunked.onnx"
-    r = cli("optimize", src, out, "-b", "30%", "-s", "x:1x256x32")
-    assert snapshot(src.parent) == before
+    r = cli("optimize", src, out, "-b", "30%", "-s", "x:1x256x32", *([] if verify else ["--no-verify"]))
     assert r.exit_code == 0, (r.stdout, r.stderr)
+    assert snapshot(src.parent) == before
     assert sorted(snapshot(out_dir)) == ["chunked.onnx", "chunked.onnx.data"]
-    m = onnx.load(str(out))  # external data resolves next to OUTPUT
     assert any(t.data_location == TensorProto.EXTERNAL
                for t in onnx.load(str(out), load_external_data=False).graph.initializer)
-    onnx.checker.check_model(m, full_check=True)
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((1, 256, 32)).astype(np.float32)
-    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    got = sess.run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
-
-
-def test_external_data_output_elsewhere_no_verify(tmp_path, ab_model, out_dir):
-    """Same as above without verification (a single save): must work today."""
-    src = tmp_path / "in" / "abx.onnx"
-    src.parent.mkdir()
-    syn.with_external_data(ab_model, src, min_bytes=1024)
-    before = snapshot(src.parent)
-    out = out_dir / "chunked.onnx"
-    r = cli("optimize", src, out, "-b", "30%", "-s", "x:1x256x32", "--no-verify")
-    assert r.exit_code == 0, (r.stdout, r.stderr)
-    assert snapshot(src.parent) == before
-    assert sorted(snapshot(out_dir)) == ["chunked.onnx", "chunked.onnx.data"]
-    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)  # data resolves next to OUTPUT
     x = np.random.default_rng(0).standard_normal((1, 256, 32)).astype(np.float32)
     ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
