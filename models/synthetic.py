@@ -169,12 +169,8 @@ def _vi(name: str, elem_type: int, dims) -> onnx.ValueInfoProto:
 # --------------------------------------------------------------------------
 # Shared blocks
 # --------------------------------------------------------------------------
-def _self_attention(g: _Graph, x: str, d: int, heads: int, scope: str, *,
-                    dynamic_reshape: bool = True, mask: Optional[str] = None) -> str:
-    """Multi-head self-attention on x [b, s, d] (already normalized).
-
-    ``mask``: optional bool tensor broadcastable to [b, h, s, s]; True = masked out.
-    Returns the output projection (no residual)."""
+def _qkv_heads(g: _Graph, x: str, d: int, heads: int, scope: str, dynamic_reshape: bool = True) -> list[str]:
+    """Q, K, V projections of x [b, s, d], each split into heads: [b, h, s, d/h]."""
     if d % heads:
         raise ValueError(f"d_model={d} not divisible by heads={heads}")
     dh = d // heads
@@ -190,20 +186,31 @@ def _self_attention(g: _Graph, x: str, d: int, heads: int, scope: str, *,
         r = g.op("Reshape", [t, tgt], scope=scope)
         return g.op("Transpose", [r], scope=scope, perm=[0, 2, 1, 3])  # [b, h, s, dh]
 
-    q4, k4, v4 = split(q), split(k), split(v)
+    return [split(q), split(k), split(v)]
+
+
+def _merge_heads(g: _Graph, o: str, d: int, scope: str, dynamic_reshape: bool = True) -> str:
+    """[b, h, s, d/h] -> [b, s, d]."""
+    o = g.op("Transpose", [o], scope=scope, perm=[0, 2, 1, 3])  # [b, s, h, dh]
+    tgt = g.shape_from(o, [0, 1], [d], scope=scope) if dynamic_reshape else g.i([0, 0, d])
+    return g.op("Reshape", [o, tgt], scope=scope)
+
+
+def _self_attention(g: _Graph, x: str, d: int, heads: int, scope: str, *,
+                    dynamic_reshape: bool = True, mask: Optional[str] = None) -> str:
+    """Multi-head self-attention on x [b, s, d] (already normalized).
+
+    ``mask``: optional bool tensor broadcastable to [b, h, s, s]; True = masked out.
+    Returns the output projection (no residual)."""
+    q4, k4, v4 = _qkv_heads(g, x, d, heads, scope, dynamic_reshape)
     kt = g.op("Transpose", [k4], scope=scope, perm=[0, 1, 3, 2])  # [b, h, dh, s]
     scores = g.op("MatMul", [q4, kt], scope=scope)
-    scores = g.op("Mul", [scores, g.f(1.0 / math.sqrt(dh))], scope=scope)
+    scores = g.op("Mul", [scores, g.f(1.0 / math.sqrt(d // heads))], scope=scope)
     if mask is not None:
         scores = g.op("Where", [mask, g.f(np.finfo(np.float32).min), scores], scope=scope)
     probs = g.op("Softmax", [scores], scope=scope, axis=-1)
     o = g.op("MatMul", [probs, v4], scope=scope)  # [b, h, s, dh]
-    o = g.op("Transpose", [o], scope=scope, perm=[0, 2, 1, 3])  # [b, s, h, dh]
-    if dynamic_reshape:
-        tgt = g.shape_from(o, [0, 1], [d], scope=scope)
-    else:
-        tgt = g.i([0, 0, d])
-    o = g.op("Reshape", [o, tgt], scope=scope)
+    o = _merge_heads(g, o, d, scope, dynamic_reshape)
     return g.linear(o, d, d, f"{scope}.o_proj")
 
 
@@ -540,19 +547,10 @@ def attention_opset23(d_model: int = 64, heads: int = 4, seed: int = 0, *,
     d, dh = d_model, d_model // heads
     a = g.layernorm("x", d, "ln")
     name = "attn"
-    q = g.linear(a, d, d, f"{name}.q_proj")
-    k = g.linear(a, d, d, f"{name}.k_proj")
-    v = g.linear(a, d, d, f"{name}.v_proj")
-
-    def split(t):
-        tgt = g.shape_from(t, [0, 1], [heads, dh], scope=name)
-        r = g.op("Reshape", [t, tgt], scope=name)
-        return g.op("Transpose", [r], scope=name, perm=[0, 2, 1, 3])
-
-    o = g.op("Attention", [split(q), split(k), split(v)], scope=name,
+    q4, k4, v4 = _qkv_heads(g, a, d, heads, name)
+    o = g.op("Attention", [q4, k4, v4], scope=name,
              scale=1.0 / math.sqrt(dh), is_causal=int(is_causal))  # [b, h, s, dh]
-    o = g.op("Transpose", [o], scope=name, perm=[0, 2, 1, 3])
-    o = g.op("Reshape", [o, g.shape_from(o, [0, 1], [d], scope=name)], scope=name)
+    o = _merge_heads(g, o, d, name)
     o = g.linear(o, d, d, f"{name}.o_proj")
     g.nodes.append(helper.make_node("Add", ["x", o], ["y"], name="/residual/Add"))
     m = g.model([_vi("x", TensorProto.FLOAT, ["batch", "seq", d])],
