@@ -35,6 +35,10 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --quick
 
+# Differential fuzzing: 1,000 random graphs at random budgets, original vs chunked in ORT.
+fuzz: $(STAMP)
+	$(BIN)/python -m bench.fuzz --seeds 0-999
+
 # A GPT-like model with GIB GiB of external weights (temp folder): estimate and optimize
 # --no-verify time and peak RSS against the targets, output checked by path and run in ORT.
 GIB ?= 1.0

@@ -16,6 +16,8 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Callable, Optional
 
+import numpy as np
+
 from .graph import Graph, Node
 
 Cut = tuple[int, Fraction]
@@ -278,20 +280,46 @@ def gather(g: Graph, n: Node, k: int, axis: int):
 
 
 def gather_elements(g: Graph, n: Node, k: int, axis: int):
+    """Output [i][j] reads data [i][idx[i][j]] (axis 1): off the gather axis, row i of the output
+    is row i of data, so data is cut with the indices; with fewer index rows than data rows the
+    two lengths differ and no common cut exists."""
     data = _shape(g, n.inputs[0])
     ax = _norm(n.attr("axis", 0), len(data))
     if axis == ax:
         return [None, (axis, ONE)]
-    return [(axis, ONE) if data[axis] == _shape(g, n.outputs[0])[axis] else None, (axis, ONE)]
+    if data[axis] != _shape(g, n.outputs[0])[axis]:
+        return MIX
+    return [(axis, ONE), (axis, ONE)]
 
 
 def same_size_only(g: Graph, n: Node, k: int, axis: int):
-    """Tile/Pad/Resize: legal on a dim the op leaves unchanged."""
+    """Tile/Resize: legal on a dim the op leaves unchanged (Pad has its own rule)."""
     src, dst = _shape(g, n.inputs[0]), _shape(g, n.outputs[0])
     if src[axis] != dst[axis]:
         return MIX
     if n.op_type == "Resize" and axis >= 2:
         return MIX  # interpolation reads neighbours
+    return [(axis, ONE)] + [None] * (len(n.inputs) - 1)
+
+
+def pad(g: Graph, n: Node, k: int, axis: int):
+    """Legal on a dim padded by nothing at either end. Size alone is not enough: pads (+1, -1)
+    keep the size and shift the rows by one."""
+    rank = len(_shape(g, n.inputs[0]))
+    if g.opset >= 11:
+        pads = g.const_value(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else None
+        axes_in = n.inputs[3] if len(n.inputs) > 3 and n.inputs[3] else None
+        axes = g.const_value(axes_in) if axes_in else np.arange(rank)
+    else:
+        pads, axes = n.attr("pads"), np.arange(rank)
+    if pads is None or axes is None:
+        return MIX  # pads or axes computed at run time
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    axes = [_norm(int(a), rank) for a in np.asarray(axes).reshape(-1)]
+    if len(pads) != 2 * len(axes):
+        return MIX
+    if any(a == axis and (pads[i] or pads[i + len(axes)]) for i, a in enumerate(axes)):
+        return MIX
     return [(axis, ONE)] + [None] * (len(n.inputs) - 1)
 
 
@@ -384,7 +412,7 @@ RULES.update({
     "Reshape": reshape_like, "Flatten": reshape_like, "Squeeze": reshape_like, "Unsqueeze": reshape_like,
     "Expand": expand, "Concat": concat, "Split": split, "Slice": slice_,
     "Gather": gather, "GatherElements": gather_elements,
-    "Tile": same_size_only, "Pad": same_size_only, "Resize": same_size_only,
+    "Tile": same_size_only, "Pad": pad, "Resize": same_size_only,
     "Trilu": trilu, "Conv": conv, "ConvTranspose": conv,
     "ReduceSum": reduce, "ReduceMean": reduce, "ReduceMax": reduce, "ReduceMin": reduce, "ReduceProd": reduce,
     "ReduceL1": reduce, "ReduceL2": reduce, "ReduceLogSum": reduce, "ReduceLogSumExp": reduce,

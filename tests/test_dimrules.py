@@ -383,6 +383,49 @@ def test_gather_axis1():
     assert tr(g, n, 2) == [(2, 1), None]
 
 
+def test_pad_zero_pads_on_cut_axis_ok():
+    g, n = one("Pad", [("x", [4, 6, 8]), "pads"], inits={"pads": i64(0, 0, 1, 0, 0, 2)})
+    assert g.shape("y0") == (4, 6, 11)
+    assert tr(g, n, 0) == [(0, 1), None]
+    assert tr(g, n, 1) == [(1, 1), None]
+    assert tr(g, n, 2) == MIX
+
+
+def test_pad_negative_pads_keep_size_but_shift_mix():
+    """Regression (fuzz): pads (+1, -1) on a dim keep its size and shift it; was called chunkable."""
+    g, n = one("Pad", [("x", [4, 6, 8]), "pads"], inits={"pads": i64(0, 1, 0, 0, -1, 0)})
+    assert g.shape("y0") == (4, 6, 8)
+    assert tr(g, n, 1) == MIX
+    assert tr(g, n, 0) == [(0, 1), None]
+
+
+def test_pad_axes_input_opset18():
+    g, n = one("Pad", [("x", [4, 6, 8]), "pads", "", "axes"], inits={"pads": i64(1, -1), "axes": i64(-2)})
+    assert g.shape("y0") == (4, 6, 8)
+    assert tr(g, n, 1) == MIX
+    assert tr(g, n, 2) == [(2, 1), None, None, None]
+
+
+def test_pad_runtime_pads_mix():
+    g, n = one("Pad", [("x", [4, 6, 8]), ("p", [6], TensorProto.INT64)], out_shapes=[[4, 6, 8]])
+    assert tr(g, n, 0) == MIX
+
+
+def test_gather_elements():
+    g, n = one("GatherElements", [("x", [6, 8]), ("idx", [6, 3], TensorProto.INT64)], attrs={"axis": 1})
+    assert g.shape("y0") == (6, 3)
+    assert tr(g, n, 0) == [(0, 1), (0, 1)]
+    assert tr(g, n, 1) == [None, (1, 1)]
+
+
+def test_gather_elements_fewer_index_rows_mix():
+    """Regression (fuzz): output row i reads data row i; with 3 index rows for 6 data rows the
+    data was read whole, so every chunk read data rows from 0 again."""
+    g, n = one("GatherElements", [("x", [6, 8]), ("idx", [3, 2], TensorProto.INT64)], attrs={"axis": 1})
+    assert g.shape("y0") == (3, 2)
+    assert tr(g, n, 0) == MIX
+
+
 def test_conv():
     g, n = one("Conv", [("x", [2, 3, 8, 8]), "w", "b"], attrs={"pads": [1, 1, 1, 1]},
                inits={"w": np.zeros((4, 3, 3, 3), np.float32), "b": np.zeros(4, np.float32)})

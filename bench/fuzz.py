@@ -1,0 +1,353 @@
+"""Differential fuzzer: random graphs, optimized at random budgets, checked equal in ONNX Runtime.
+
+    python -m bench.fuzz --seeds 0-999 [--budget-mode random|ladder] [--budget 20%] [-v]
+
+Why: the rewriter's correctness rests on per-op rules and on the Loop it emits; random valid
+graphs (`models/random_graphs.py`) reach combinations no hand-written test does. Each seed fixes
+the model, the budget, the second sequence length and the inputs, so `--seeds N -v` replays one
+case exactly. Per case: build, optimize through the Python API (`best_effort`, no verification:
+the comparison here runs in-process on CPU), check the written model with `onnx.checker`
+(`full_check`), run both models in ORT on seeded inputs and compare them with the tool's own rule
+(`autochunk_onnx.compare`), then again at a second length of the `seq` dim when it is dynamic.
+A float16 model that differs gets a second opinion against the original rounded to float16 after
+every node (`rounded_per_node` says why); the summary counts the cases that needed it.
+
+Verdicts: `chunked` (a plan that fits, verified), `unchanged` (the budget held without a loop),
+`unreachable` (exit-3 style; the best partial plan is still written and verified), `MISMATCH`,
+`CRASH` (any exception from the tool, a model the checker or ORT refuses, a timeout) and
+`INVALID` (the generator built a model ORT cannot run: a fuzzer bug, never the tool's). Exit code
+1 when any case is MISMATCH, CRASH or INVALID.
+"""
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from autochunk_onnx import api
+from autochunk_onnx.compare import compare_outputs
+from autochunk_onnx.errors import BudgetUnreachableError
+from models.random_graphs import VOCAB, at_length, random_model, seq_length
+
+LADDER = ("50%", "30%", "20%", "10%")
+FAILED = ("MISMATCH", "CRASH", "INVALID")
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+       "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+
+
+@dataclass
+class CaseResult:
+    """The verdict on one seed, with what is needed to read it in one line."""
+
+    seed: int
+    status: str
+    budget: str = ""
+    regions: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+    blocks: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status in FAILED
+
+    def line(self) -> str:
+        extra = f": {self.reason}" if self.reason else ""
+        return (f"seed {self.seed}: {self.status} (budget {self.budget}, {self.regions} region(s), "
+                f"{self.seconds:.2f} s; {self.blocks}){extra}")
+
+
+class CaseTimeout(BaseException):
+    """A case ran past --timeout (BaseException: no `except Exception` in the tool may swallow it)."""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`0-999`, `5`, `1,4,9-12`: the seeds to run, in order."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        seeds.extend(range(int(lo), int(hi or lo) + 1))
+    return seeds
+
+
+def pick_budget(seed: int, mode: str) -> str:
+    """The case's budget, as a percentage of the estimated peak; seeded, independent of the model."""
+    if mode == "ladder":
+        return LADDER[seed % len(LADDER)]
+    rng = np.random.default_rng([seed, 1])
+    if rng.random() < 0.25:
+        return f"{int(rng.integers(5, 91))}%"
+    return LADDER[int(rng.integers(0, len(LADDER)))]
+
+
+def second_length(seed: int, s1: int) -> int:
+    """Another length of `seq` (shorter, longer, sometimes tiny), never the pinned one."""
+    rng = np.random.default_rng([seed, 2])
+    s2 = int(rng.choice([rng.integers(4, 16), rng.integers(16, s1 + 1), rng.integers(s1 + 1, s1 + 80)]))
+    return s2 + 1 if s2 == s1 else s2
+
+
+def make_feeds(sess: ort.InferenceSession, shapes: dict[str, list[int]], seed: int) -> dict[str, np.ndarray]:
+    """Seeded inputs: normals for floats, ids below the embedding size, masks mostly ones."""
+    feeds = {}
+    for k, i in enumerate(sess.get_inputs()):
+        rng = np.random.default_rng([seed, 3, k])
+        shape, dtype = shapes[i.name], _NP[i.type]
+        if "mask" in i.name:
+            m = rng.random(shape) < 0.8
+            m[..., 0] = True  # every row attends somewhere
+            feeds[i.name] = m.astype(dtype)
+        elif dtype in (np.int64, np.int32):
+            feeds[i.name] = rng.integers(0, VOCAB, size=shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[i.name] = rng.random(shape) < 0.5
+        else:
+            feeds[i.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def session(path: str | bytes) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 4
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+TRACEBACKS = False  # --traceback: print the stack of every exception a case meets
+
+
+def first_error(e: BaseException) -> str:
+    if TRACEBACKS:
+        traceback.print_exception(e)
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+def differ(ref: dict, got: dict, where: str) -> str | None:
+    """None when every output matches under the tool's tolerance rule, else one line saying how not."""
+    for d in compare_outputs(ref, got):
+        if not d.ok:
+            note = f"; {d.note}" if d.note else ""
+            return (f"{where}: output {d.name!r} differs (max abs {d.max_abs:.3g}, max rel {d.max_rel:.3g}, "
+                    f"{d.mismatches}/{d.total} out of tolerance{note})")
+    return None
+
+
+def run_case(seed: int, budget_mode: str, tmp: Path, budget: str | None = None, keep: Path | None = None) -> CaseResult:
+    """Build, optimize, check and compare one seed; never raises (but for KeyboardInterrupt)."""
+    t0 = time.perf_counter()
+    res = CaseResult(seed, "CRASH", budget or pick_budget(seed, budget_mode))
+    try:
+        _run_case(res, tmp, keep)
+    except CaseTimeout:
+        res.status, res.reason = "CRASH", "timeout"
+    res.seconds = time.perf_counter() - t0
+    for p in case_paths(tmp, seed):
+        p.unlink(missing_ok=True)
+    return res
+
+
+def case_paths(folder: Path, seed: int) -> tuple[Path, Path]:
+    """Where one case's original and chunked models are written."""
+    return folder / f"s{seed}.onnx", folder / f"s{seed}.chunked.onnx"
+
+
+def _run_case(res: CaseResult, tmp: Path, keep: Path | None) -> None:
+    try:
+        model, shapes = random_model(res.seed)
+        res.blocks = model.doc_string.removeprefix("blocks: ")
+        src, out = case_paths(tmp, res.seed)
+        onnx.save(model, str(src))
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            onnx.save(model, str(case_paths(keep, res.seed)[0]))
+        orig = session(str(src))
+        feeds = make_feeds(orig, shapes, res.seed)
+        want = run(orig, feeds)
+    except Exception as e:  # noqa: BLE001 - the generator's fault, reported as such
+        res.status, res.reason = "INVALID", f"generator: {first_error(e)}"
+        return
+    try:
+        r = api.optimize(src, out, res.budget, shapes, verify_output=False, best_effort=True)
+    except BudgetUnreachableError:
+        res.status = "unreachable"
+        return
+    except Exception as e:  # noqa: BLE001 - anything else the tool raises on a valid model is a bug
+        res.reason = f"optimize: {first_error(e)}"
+        return
+    res.regions = len(r.plan.regions)
+    if keep is not None:
+        onnx.save(onnx.load(str(out)), str(case_paths(keep, res.seed)[1]))
+    verdict = "unreachable" if not r.plan.fits else "chunked" if r.plan.regions else "unchanged"
+    problem = _check_written(res, out, model, shapes, feeds, want, orig)
+    if problem is None:
+        res.status = verdict
+    else:
+        res.status, res.reason = problem
+
+
+def _check_written(res: CaseResult, out: Path, model: onnx.ModelProto, shapes: dict, feeds: dict, want: dict,
+                   orig: ort.InferenceSession) -> tuple[str, str] | None:
+    """The written model must pass the checker, load, and equal the original at both lengths."""
+    try:
+        onnx.checker.check_model(str(out), full_check=True)
+    except Exception as e:  # noqa: BLE001
+        return "CRASH", f"checker: {first_error(e)}"
+    try:
+        chunked = session(str(out))
+    except Exception as e:  # noqa: BLE001
+        return "CRASH", f"ORT refuses the chunked model: {first_error(e)}"
+    s1 = seq_length(model, shapes)
+    problem = _compare(res, model, chunked, feeds, want, f"seq {s1}" if s1 else "static shapes")
+    if problem is not None or s1 is None:
+        return problem
+    s2 = second_length(res.seed, s1)
+    try:
+        feeds2 = make_feeds(orig, at_length(model, shapes, s1, s2), res.seed + 1)
+        want2 = run(orig, feeds2)
+    except Exception as e:  # noqa: BLE001
+        return "INVALID", f"generator at seq {s2}: {first_error(e)}"
+    return _compare(res, model, chunked, feeds2, want2, f"seq {s2} (pinned {s1})")
+
+
+def _compare(res: CaseResult, model: onnx.ModelProto, chunked: ort.InferenceSession, feeds: dict, want: dict,
+             where: str) -> tuple[str, str] | None:
+    """Run the chunked model and compare; float16 gets a second opinion (see `rounded_per_node`)."""
+    try:
+        got = run(chunked, feeds)
+    except Exception as e:  # noqa: BLE001
+        return "CRASH", f"ORT on the chunked model at {where}: {first_error(e)}"
+    bad = differ(want, got, where)
+    if bad and _has_fp16(model):
+        strict = run(rounded_per_node(model), feeds)
+        if differ({k: strict[k] for k in want}, got, where) is None:
+            res.reason = f"float16: equal to the original rounded per node ({bad})"
+            return None
+    return ("MISMATCH", bad) if bad else None
+
+
+def _has_fp16(model: onnx.ModelProto) -> bool:
+    return any(vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for vi in model.graph.input)
+
+
+def rounded_per_node(model: onnx.ModelProto) -> ort.InferenceSession:
+    """The original with every node output also a graph output, so ORT rounds each to float16.
+
+    Why: ORT on CPU runs float16 nodes that lack a float16 kernel in float32 and drops the Casts
+    between neighbours, so a chain of them keeps float32 precision in the original; a Loop
+    boundary rounds to float16 there. Either result is right; exposing every output makes the
+    original round where the chunked model does, and that comparison has to hold.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inferred = onnx.shape_inference.infer_shapes(m)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
+    have = {o.name for o in m.graph.output}
+    for n in m.graph.node:
+        for o in n.output:
+            if o and o not in have and types.get(o) == onnx.TensorProto.FLOAT16:
+                m.graph.output.append(onnx.helper.make_tensor_value_info(o, types[o], None))
+    return session(m.SerializeToString())
+
+
+@dataclass
+class Summary:
+    """Counts over a run; `line()` is the one-line report."""
+
+    results: list
+    seconds: float
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def with_loops(self) -> int:
+        """Cases whose written model has at least one verified Loop region."""
+        return sum(r.regions > 0 and not r.failed for r in self.results)
+
+    @property
+    def failures(self) -> list:
+        return [r for r in self.results if r.failed]
+
+    def line(self, seeds: str = "") -> str:
+        partial = sum(r.status == "unreachable" and r.regions > 0 for r in self.results)
+        fp16 = sum(r.reason.startswith("float16") and not r.failed for r in self.results)
+        where = f" (seeds {seeds})" if seeds else ""
+        return (f"fuzz: {len(self.results)} cases{where}, {self.count('chunked')} chunked, "
+                f"{self.count('unchanged')} unchanged, {self.count('unreachable')} unreachable "
+                f"({partial} partly chunked), {self.count('MISMATCH')} mismatches, {self.count('CRASH')} crashes, "
+                f"{self.count('INVALID')} invalid, {self.seconds:.1f} s"
+                + (f" ({fp16} float16 cases equal only to the original rounded per node)" if fp16 else ""))
+
+
+def fuzz(seeds: list[int], budget_mode: str = "random", budget: str | None = None, timeout_s: int = 120,
+         verbose: bool = False, keep: Path | None = None, say: Callable[[str], None] = print) -> Summary:
+    """Run every seed; each case is bounded by `timeout_s` (SIGALRM, main thread only)."""
+    t0 = time.perf_counter()
+    results = []
+    use_alarm = timeout_s > 0 and hasattr(signal, "SIGALRM")
+    if use_alarm:
+        old = signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        with tempfile.TemporaryDirectory(prefix="autochunk-fuzz-") as tmp:
+            for seed in seeds:
+                if use_alarm:
+                    signal.alarm(timeout_s)
+                r = run_case(seed, budget_mode, Path(tmp), budget, keep)
+                if use_alarm:
+                    signal.alarm(0)
+                results.append(r)
+                if verbose or r.failed:
+                    say(r.line())
+    finally:
+        if use_alarm:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+    return Summary(results, time.perf_counter() - t0)
+
+
+def _on_alarm(signum, frame):
+    raise CaseTimeout()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", default="0-99", help="seed range(s): 0-999, 5, 1,4,9-12")
+    ap.add_argument("--budget-mode", choices=("random", "ladder"), default="random",
+                    help="random: 50/30/20/10%% or a random percentage per seed; ladder: 50/30/20/10%% by seed")
+    ap.add_argument("--budget", help="one budget for every case (overrides --budget-mode)")
+    ap.add_argument("--timeout", type=int, default=120, help="seconds per case before it counts as a crash")
+    ap.add_argument("--keep", type=Path, help="write each original and chunked model to this folder (repros)")
+    ap.add_argument("--traceback", action="store_true", help="print the stack of every exception (debugging)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="one line per case, not only failures")
+    args = ap.parse_args(argv)
+    faulthandler.enable()
+    ort.set_default_logger_severity(4)
+    global TRACEBACKS
+    TRACEBACKS = args.traceback
+    s = fuzz(parse_seeds(args.seeds), args.budget_mode, args.budget, args.timeout, args.verbose, args.keep)
+    print(s.line(args.seeds))
+    for r in s.failures:
+        print(f"  FAILED seed {r.seed}: {r.status}: {r.reason}")
+    return 1 if s.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""A short differential fuzz run (bench/fuzz.py) and checks that it can fail.
+
+Random valid graphs (models/random_graphs.py) are optimized at random budgets and must equal the
+original in ONNX Runtime, at the pinned length and at a second one. Long runs are by hand
+(`make fuzz`, 1,000 seeds); this keeps 50 of them in every test run.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from autochunk_onnx import dimrules  # noqa: E402
+from bench.fuzz import fuzz, parse_seeds, pick_budget  # noqa: E402
+from models.random_graphs import at_length, random_model, seq_length  # noqa: E402
+
+SEEDS = list(range(0, 50))
+
+
+def test_short_fuzz_run_finds_no_mismatch_or_crash():
+    seeds = SEEDS
+    s = fuzz(seeds, timeout_s=60, say=lambda _line: None)
+    assert not s.failures, "\n".join(r.line() for r in s.failures)
+    # not vacuous: most cases must really have been rewritten into loops and compared
+    assert s.with_loops >= 0.6 * len(seeds), s.line()
+    assert s.count("chunked") >= 0.4 * len(seeds), s.line()
+
+
+def _shifts_by_pad(model: onnx.ModelProto) -> bool:
+    """The model has a Pad with a negative pad (a same-size shift along a dim)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return any(n.op_type == "Pad" and n.input[1] in inits and (numpy_helper.to_array(inits[n.input[1]]) < 0).any()
+               for n in model.graph.node)
+
+
+def test_fuzzer_catches_the_old_pad_rule(monkeypatch):
+    """Not vacuous: with the Pad rule it found wrong (same size = chunkable, though pads (+1, -1)
+    shift the rows) the fuzzer must report mismatches on models that shift with Pad."""
+    monkeypatch.setitem(dimrules.RULES, "Pad", dimrules.same_size_only)
+    seeds = [s for s in range(400) if _shifts_by_pad(random_model(s)[0])][:8]
+    assert len(seeds) == 8
+    s = fuzz(seeds, timeout_s=60, say=lambda _line: None)
+    assert s.count("MISMATCH") >= 1, [r.line() for r in s.results]
+
+
+@pytest.mark.parametrize("seed", [0, 7, 123])
+def test_random_model_is_deterministic_and_valid(seed):
+    a, shapes = random_model(seed)
+    b, _ = random_model(seed)
+    assert a.SerializeToString() == b.SerializeToString()
+    onnx.checker.check_model(a, full_check=True)
+    sess = ort.InferenceSession(a.SerializeToString(), providers=["CPUExecutionProvider"])
+    s1 = seq_length(a, shapes)
+    for sh in [shapes] + ([at_length(a, shapes, s1, s1 + 9)] if s1 else []):
+        feeds = {i.name: np.ones(sh[i.name], {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+                                              "tensor(int64)": np.int64, "tensor(bool)": np.bool_}[i.type])
+                 for i in sess.get_inputs()}
+        assert sess.run(None, feeds)
+
+
+def test_seed_ranges_and_budgets_are_seeded():
+    assert parse_seeds("0-3,7,9-10") == [0, 1, 2, 3, 7, 9, 10]
+    assert [pick_budget(s, "random") for s in range(20)] == [pick_budget(s, "random") for s in range(20)]
+    assert all(b.endswith("%") for b in (pick_budget(s, "random") for s in range(50)))
