@@ -53,7 +53,8 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None,
             est, order = shrunk
             continue
         opaque = {n.index for r in regions for n in r.owned} | dead_nodes(graph, regions)
-        cands = candidates(graph, est, opaque)
+        at = order[est.peak_index] if 0 <= est.peak_index < len(order) else None
+        cands = candidates(graph, est, opaque, at if isinstance(at, int) else None)
         if allow is not None:
             cands = [r for r in cands if allow(r)]
         if not cands:

@@ -16,12 +16,18 @@ BACKWARD = 48  # start nodes considered before the anchor's producer
 ANCHORS = 3
 
 
-def anchors(graph: Graph, est: Estimate, opaque: set[int]) -> list[str]:
-    """Largest tensors live at the peak that a plain node produces."""
+def anchors(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | None = None) -> list[str]:
+    """Largest tensors live at the peak that a plain node produces; first, when the peak is a
+    node's own scratch (a fused Attention's scores), that node's output."""
     out = []
+    if peak_node is not None and peak_node not in opaque:
+        n = graph.nodes[peak_node]
+        used = [o for o in n.outputs if o and o in graph.consumers]
+        if used:
+            out.append(used[0])
     for lt in est.live_at_peak:
         p = graph.producer.get(lt.name)
-        if p is None or p in opaque or lt.bytes <= 0:
+        if p is None or p in opaque or lt.bytes <= 0 or lt.name in out:
             continue
         out.append(lt.name)
         if len(out) == ANCHORS:
@@ -29,7 +35,7 @@ def anchors(graph: Graph, est: Estimate, opaque: set[int]) -> list[str]:
     return out
 
 
-def candidates(graph: Graph, est: Estimate, opaque: set[int]) -> list[Region]:
+def candidates(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | None = None) -> list[Region]:
     """All distinct legal regions that would make one of the anchors loop-internal.
 
     Flows are traced once per (end, axis) from the earliest start an anchor needs there, and each
@@ -38,7 +44,7 @@ def candidates(graph: Graph, est: Estimate, opaque: set[int]) -> list[Region]:
     seen: set = set()
     found: list[Region] = []
     spans = []
-    for anchor in anchors(graph, est, opaque):
+    for anchor in anchors(graph, est, opaque, peak_node):
         if anchor in graph.output_names:
             continue
         a = graph.producer[anchor]

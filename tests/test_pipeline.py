@@ -33,6 +33,11 @@ CASES = {
     "synthetic_evoformer": (lambda: synthetic.evoformer_like(), {"msa": [1, 4, 64, 16], "pair": [1, 64, 64, 16]},
                             {"msa": [1, 4, 37, 16], "pair": [1, 37, 37, 16]}, "25%"),
     "synthetic_unet": (lambda: synthetic.unet_like(), {"sample": [1, 32, 48, 48]}, {"sample": [1, 32, 40, 24]}, "25%"),
+    # the standard opset-23 Attention op: its scores are scratch inside the node, chunked by query rows
+    "gpt2_opset23": (f"{TINY}/gpt2_tiny_opset23.onnx", {"input_ids": [1, 512], "attention_mask": [1, 512]},
+                     {"input_ids": [1, 333], "attention_mask": [1, 333]}, "50%"),
+    "synthetic_attention_opset23": (lambda: synthetic.attention_opset23(), {"x": [1, 1024, 64]}, {"x": [1, 517, 64]},
+                                    "25%"),
 }
 
 
