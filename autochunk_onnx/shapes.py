@@ -281,6 +281,11 @@ def infer_graph(pinned: onnx.ModelProto) -> Graph:
     return Graph(pinned, infer_shapes(pinned))
 
 
+# Ops that make or read tensor sequences: no tensor shape to infer.
+SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SplitToSequence",
+                          "ConcatFromSequence", "SequenceAt"})
+
+
 def require_shapes(graph: Graph) -> None:
     """Name the first tensor whose size stays unknown: the estimate cannot stand without it."""
     for n in graph.nodes:
@@ -288,6 +293,11 @@ def require_shapes(graph: Graph) -> None:
             if not o:
                 continue
             t = graph.info(o)
+            if (t is None or t.numel is None) and n.op_type in SEQUENCE_OPS:
+                raise BadInputError(
+                    f"cannot size {o!r} (node {n.name}, {n.op_type}): the estimate does not follow tensor sequences "
+                    "(a chunked model's loops use them); estimate the original model, or measure the chunked one "
+                    "with `autochunk-onnx verify ORIGINAL CHUNKED`")
             if t is None or t.numel is None:
                 shape = "unknown" if t is None or t.shape is None else str(list(t.shape))
                 raise BadInputError(

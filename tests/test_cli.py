@@ -469,6 +469,14 @@ def test_estimate_bad_input(tmp_path):
     assert_one_line_error(r.stderr, "no such file")
 
 
+def test_estimate_on_a_chunked_model_says_why_not(ab, tmp_path):
+    out = tmp_path / "c" / "c.onnx"
+    assert cli("optimize", ab, out, "-b", "30%", "-s", SHAPE, "--no-verify").exit_code == 0
+    r = cli("estimate", out, "-s", SHAPE)
+    assert r.exit_code == 2
+    assert_one_line_error(r.stderr, "sequences", "verify")
+
+
 def test_verify_command(ab, tmp_path, ab_model):
     chunked = tmp_path / "c" / "c.onnx"
     r = cli("optimize", ab, chunked, "-b", "30%", "-s", "x:1x512x32", "--no-verify", "-q")
