@@ -12,6 +12,9 @@ the comparison here runs in-process on CPU), check the written model with `onnx.
 A float16 model that differs gets a second opinion against the original rounded to float16 after
 every node (`rounded_per_node` says why); the summary counts the cases that needed it.
 
+Each case runs in a forked child (`--in-process` for debuggers), so a segfault in ORT or a hang
+is one CRASH and the run goes on.
+
 Verdicts: `chunked` (a plan that fits, verified), `unchanged` (the budget held without a loop),
 `unreachable` (exit-3 style; the best partial plan is still written and verified), `MISMATCH`,
 `CRASH` (any exception from the tool, a model the checker or ORT refuses, a timeout) and
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import multiprocessing
+import os
 import signal
 import sys
 import tempfile
@@ -298,29 +303,93 @@ class Summary:
 
 
 def fuzz(seeds: list[int], budget_mode: str = "random", budget: str | None = None, timeout_s: int = 120,
-         verbose: bool = False, keep: Path | None = None, say: Callable[[str], None] = print) -> Summary:
-    """Run every seed; each case is bounded by `timeout_s` (SIGALRM, main thread only)."""
+         verbose: bool = False, keep: Path | None = None, say: Callable[[str], None] = print,
+         isolate: bool = True) -> Summary:
+    """Run every seed, each in its own forked process by default (a segfault in ORT or the tool
+    is then one CRASH, not the end of the run) and bounded by `timeout_s`."""
     t0 = time.perf_counter()
     results = []
+    one = run_forked if isolate and hasattr(os, "fork") else run_alarmed
+    if one is run_forked:
+        _warm_up()
+    with tempfile.TemporaryDirectory(prefix="autochunk-fuzz-") as tmp:
+        for seed in seeds:
+            r = one(seed, budget_mode, Path(tmp), budget, keep, timeout_s)
+            results.append(r)
+            if verbose or r.failed:
+                say(r.line())
+    return Summary(results, time.perf_counter() - t0)
+
+
+def _warm_up() -> None:
+    """Pay the one-time costs (lazy imports, ORT's environment) before forking, not in every child."""
+    import onnxruntime.tools.symbolic_shape_infer  # noqa: F401 - imported lazily by shapes.py
+    model, shapes = random_model(0)
+    sess = session(model.SerializeToString())
+    run(sess, make_feeds(sess, shapes, 0))
+
+
+def run_forked(seed: int, budget_mode: str, tmp: Path, budget: str | None, keep: Path | None,
+               timeout_s: int) -> CaseResult:
+    """`run_case` in a child process: a crash or a hang there is reported, never inherited."""
+    mp = multiprocessing.get_context("fork")
+    receive, send = mp.Pipe(duplex=False)
+    child = mp.Process(target=_child, args=(send, seed, budget_mode, tmp, budget, keep), daemon=True)
+    t0 = time.perf_counter()
+    child.start()
+    send.close()
+    res = None
+    if receive.poll(timeout_s if timeout_s > 0 else None):
+        try:
+            res = receive.recv()
+        except EOFError:  # died before sending
+            pass
+    child.join(5 if res is not None else 0)
+    if child.is_alive():  # hung: in the case, or after it
+        child.kill()
+        child.join()
+    if res is None:
+        res = CaseResult(seed, "CRASH", budget or pick_budget(seed, budget_mode), seconds=time.perf_counter() - t0,
+                         reason=_death(child.exitcode, timeout_s), blocks=_blocks(seed))
+        for p in case_paths(tmp, seed):
+            p.unlink(missing_ok=True)
+    return res
+
+
+def _child(send, seed: int, budget_mode: str, tmp: Path, budget: str | None, keep: Path | None) -> None:
+    ort.set_default_logger_severity(4)
+    send.send(run_case(seed, budget_mode, tmp, budget, keep))
+    send.close()
+
+
+def _blocks(seed: int) -> str:
+    try:
+        return random_model(seed)[0].doc_string.removeprefix("blocks: ")
+    except Exception:  # noqa: BLE001 - only a label
+        return "?"
+
+
+def _death(exitcode: int | None, timeout_s: int) -> str:
+    if exitcode is None or exitcode == -signal.SIGKILL:
+        return f"timeout ({timeout_s} s)"
+    if exitcode < 0:
+        return f"the case's process died of {signal.Signals(-exitcode).name}"
+    return f"the case's process exited with {exitcode} without a verdict"
+
+
+def run_alarmed(seed: int, budget_mode: str, tmp: Path, budget: str | None, keep: Path | None,
+                timeout_s: int) -> CaseResult:
+    """`run_case` in this process (--in-process: for debuggers), bounded by SIGALRM."""
     use_alarm = timeout_s > 0 and hasattr(signal, "SIGALRM")
     if use_alarm:
         old = signal.signal(signal.SIGALRM, _on_alarm)
+        signal.alarm(timeout_s)
     try:
-        with tempfile.TemporaryDirectory(prefix="autochunk-fuzz-") as tmp:
-            for seed in seeds:
-                if use_alarm:
-                    signal.alarm(timeout_s)
-                r = run_case(seed, budget_mode, Path(tmp), budget, keep)
-                if use_alarm:
-                    signal.alarm(0)
-                results.append(r)
-                if verbose or r.failed:
-                    say(r.line())
+        return run_case(seed, budget_mode, tmp, budget, keep)
     finally:
         if use_alarm:
             signal.alarm(0)
             signal.signal(signal.SIGALRM, old)
-    return Summary(results, time.perf_counter() - t0)
 
 
 def _on_alarm(signum, frame):
@@ -336,13 +405,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=120, help="seconds per case before it counts as a crash")
     ap.add_argument("--keep", type=Path, help="write each original and chunked model to this folder (repros)")
     ap.add_argument("--traceback", action="store_true", help="print the stack of every exception (debugging)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run the cases in this process, not one forked child each (debuggers; a segfault ends the run)")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per case, not only failures")
     args = ap.parse_args(argv)
     faulthandler.enable()
     ort.set_default_logger_severity(4)
     global TRACEBACKS
     TRACEBACKS = args.traceback
-    s = fuzz(parse_seeds(args.seeds), args.budget_mode, args.budget, args.timeout, args.verbose, args.keep)
+    s = fuzz(parse_seeds(args.seeds), args.budget_mode, args.budget, args.timeout, args.verbose, args.keep,
+             isolate=not args.in_process)
     print(s.line(args.seeds))
     for r in s.failures:
         print(f"  FAILED seed {r.seed}: {r.status}: {r.reason}")

@@ -6,8 +6,11 @@ original in ONNX Runtime, at the pinned length and at a second one. Long runs ar
 """
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import sys
+import time
 
 import numpy as np
 import onnx
@@ -19,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from autochunk_onnx import dimrules  # noqa: E402
+from bench import fuzz as fuzz_module  # noqa: E402
 from bench.fuzz import fuzz, parse_seeds, pick_budget  # noqa: E402
 from models.random_graphs import at_length, random_model, seq_length  # noqa: E402
 
@@ -26,12 +30,11 @@ SEEDS = list(range(0, 50))
 
 
 def test_short_fuzz_run_finds_no_mismatch_or_crash():
-    seeds = SEEDS
-    s = fuzz(seeds, timeout_s=60, say=lambda _line: None)
+    s = fuzz(SEEDS, timeout_s=60, say=lambda _line: None)
     assert not s.failures, "\n".join(r.line() for r in s.failures)
     # not vacuous: most cases must really have been rewritten into loops and compared
-    assert s.with_loops >= 0.6 * len(seeds), s.line()
-    assert s.count("chunked") >= 0.4 * len(seeds), s.line()
+    assert s.with_loops >= 0.6 * len(SEEDS), s.line()
+    assert s.count("chunked") >= 0.4 * len(SEEDS), s.line()
 
 
 def _shifts_by_pad(model: onnx.ModelProto) -> bool:
@@ -49,6 +52,21 @@ def test_fuzzer_catches_the_old_pad_rule(monkeypatch):
     assert len(seeds) == 8
     s = fuzz(seeds, timeout_s=60, say=lambda _line: None)
     assert s.count("MISMATCH") >= 1, [r.line() for r in s.results]
+
+
+@pytest.mark.parametrize("how, reason", [("hang", "timeout"), ("segfault", "died of SIGSEGV")])
+def test_a_hang_or_a_segfault_is_one_crash(monkeypatch, how, reason):
+    """Each case runs in a forked child: what kills or stalls it is reported, the run goes on."""
+    def bad_case(*args, **kwargs):
+        if how == "hang":
+            time.sleep(30)
+        faulthandler.disable()  # pytest's: it would print the child's stack
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    monkeypatch.setattr(fuzz_module, "run_case", bad_case)
+    s = fuzz([3, 4], timeout_s=1, say=lambda _line: None)
+    assert [r.status for r in s.results] == ["CRASH", "CRASH"]
+    assert all(reason in r.reason for r in s.results), [r.reason for r in s.results]
 
 
 @pytest.mark.parametrize("seed", [0, 7, 123])
