@@ -98,13 +98,14 @@ def _merge(a, b):
 
 
 def trace_region(graph: Graph, order: list[int], end_pos: int, end_tensor: str, axis: int, start_pos: int,
-                 opaque: set[int] = frozenset()) -> Region | None:
+                 opaque: set[int] = frozenset(), kept: frozenset[str] = frozenset()) -> Region | None:
     """Trace `end_tensor`'s `axis` back over `order[start_pos:end_pos+1]` (node indices).
 
-    `opaque` are nodes that must not enter a loop (already chunked by an earlier stage).
+    `opaque` are nodes that must not enter a loop (already chunked by an earlier stage); `kept`
+    are tensors earlier loops read from outside: produced here, they must leave this loop whole.
     Returns None when no chunked region results (nothing cuttable, mismatched lengths).
     """
-    flow = trace_flow(graph, order, end_pos, end_tensor, axis, start_pos, opaque)
+    flow = trace_flow(graph, order, end_pos, end_tensor, axis, start_pos, opaque, kept)
     return flow.region(start_pos)
 
 
@@ -115,20 +116,20 @@ class Flow:
     serves every window start at once.
     """
 
-    def __init__(self, graph, order, end_pos, end_tensor, mode, in_cuts, req, opaque=frozenset()):
+    def __init__(self, graph, order, end_pos, end_tensor, mode, in_cuts, req, opaque=frozenset(), kept=frozenset()):
         self.graph, self.order, self.end_pos, self.end_tensor = graph, order, end_pos, end_tensor
-        self.mode, self.in_cuts, self.req, self.opaque = mode, in_cuts, req, opaque
+        self.mode, self.in_cuts, self.req, self.opaque, self.kept = mode, in_cuts, req, opaque, kept
 
     def region(self, start_pos: int) -> Region | None:
         window = self.order[start_pos:self.end_pos + 1]
         keep = set(window)
         mode = {i: m for i, m in self.mode.items() if i in keep}
         return _build(self.graph, window, keep, self.end_tensor, mode, self.in_cuts, self.req,
-                      self.order[start_pos], self.order[self.end_pos], self.opaque)
+                      self.order[start_pos], self.order[self.end_pos], self.opaque, self.kept)
 
 
 def trace_flow(graph: Graph, order: list[int], end_pos: int, end_tensor: str, axis: int, start_pos: int,
-               opaque: set[int] = frozenset()) -> Flow:
+               opaque: set[int] = frozenset(), kept: frozenset[str] = frozenset()) -> Flow:
     window = order[start_pos:end_pos + 1]
     req: dict[str, object] = {end_tensor: Cut(axis, Fraction(1))}
     mode: dict[int, str] = {}
@@ -161,7 +162,7 @@ def trace_flow(graph: Graph, order: list[int], end_pos: int, end_tensor: str, ax
             for i in n.inputs:
                 if i:
                     req[i] = _merge(req.get(i), WHOLE)
-    return Flow(graph, order, end_pos, end_tensor, mode, in_cuts, req, opaque)
+    return Flow(graph, order, end_pos, end_tensor, mode, in_cuts, req, opaque, kept)
 
 
 def _decide(graph: Graph, n: Node, used: list[str], reqs: list, opaque: bool):
@@ -188,7 +189,7 @@ def _decide(graph: Graph, n: Node, used: list[str], reqs: list, opaque: bool):
 
 def _build(graph: Graph, window: list[int], in_window: set[int], end_tensor: str, mode: dict[int, str],
            in_cuts: dict[int, list], req: dict, start_index: int, end_index: int,
-           opaque: set[int] = frozenset()) -> Region | None:
+           opaque: set[int] = frozenset(), kept: frozenset[str] = frozenset()) -> Region | None:
     chunk_nodes = {i for i, m in mode.items() if m == "CHUNK"}
     if graph.producer.get(end_tensor) not in chunk_nodes:
         return None
@@ -210,7 +211,7 @@ def _build(graph: Graph, window: list[int], in_window: set[int], end_tensor: str
             if not o:
                 continue
             outside = [c for c in graph.consumers.get(o, []) if c not in in_loop]
-            if outside or o in graph.output_names:
+            if outside or o in graph.output_names or o in kept:
                 if n.index in value_nodes or not isinstance(req.get(o), Cut):
                     return None  # a chunk-shaped value escaping the loop
                 outputs.append(o)

@@ -54,7 +54,8 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None,
             continue
         opaque = {n.index for r in regions for n in r.owned} | dead_nodes(graph, regions)
         at = order[est.peak_index] if 0 <= est.peak_index < len(order) else None
-        cands = candidates(graph, est, opaque, at if isinstance(at, int) else None)
+        kept = frozenset(t for r in regions for t in r.inputs)  # what earlier loops read from outside
+        cands = candidates(graph, est, opaque, at if isinstance(at, int) else None, kept)
         if allow is not None:
             cands = [r for r in cands if allow(r)]
         if not cands:
@@ -68,7 +69,10 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None,
             if ch.predicted_peak >= min(est.peak_bytes, ch.replaced_peak):
                 continue
             ch.region.chunk = ch.chunk
-            new_est, new_order = estimate_plan(graph, regions + [ch.region], fused)
+            try:
+                new_est, new_order = estimate_plan(graph, regions + [ch.region], fused)
+            except ValueError:  # the loops would depend on each other in a cycle
+                continue
             if new_est.peak_bytes <= est.peak_bytes and (best is None or new_est.peak_bytes < best[1].peak_bytes):
                 best = (ch.region, new_est, new_order)
                 if ch.fits:

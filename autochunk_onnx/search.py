@@ -35,7 +35,8 @@ def anchors(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | None
     return out
 
 
-def candidates(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | None = None) -> list[Region]:
+def candidates(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | None = None,
+               kept: frozenset[str] = frozenset()) -> list[Region]:
     """All distinct legal regions that would make one of the anchors loop-internal.
 
     Flows are traced once per (end, axis) from the earliest start an anchor needs there, and each
@@ -76,7 +77,7 @@ def candidates(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | N
                 if dim < 2:
                     continue
                 if (e, axis) not in flows:
-                    flows[(e, axis)] = trace_flow(graph, order, e, used[0], axis, need[e], opaque)
+                    flows[(e, axis)] = trace_flow(graph, order, e, used[0], axis, need[e], opaque, kept)
                 flow = flows[(e, axis)]
                 if flow.mode.get(a) != "CHUNK":
                     continue
