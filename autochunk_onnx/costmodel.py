@@ -4,8 +4,11 @@ time(model) ~ sum over nodes of (FLOPs / FLOP_RATE + bytes touched / MEM_RATE + 
 a chunk loop adds, per iteration, ITER_S plus NODE_S for every node in the body; copies of the
 sliced inputs and of the joined outputs (sequence insert + concat: twice the output bytes); and
 GEMMs whose row count shrinks to the chunk run less efficiently: efficiency(m) = m / (m + GEMM_M0).
-Constants were fitted on ORT 1.31 CPU, 2 cores (bench/calibrate.py prints the measurements they
-come from); only ratios between plans matter for selection.
+Constants were fitted with `python -m bench.calibrate --repeats 9` (interleaved ORT micro-benchmarks:
+a 1024^3 GEMM, a chain of Adds on 16 MiB tensors, Loops of 1-64 iterations x 1-32 tiny nodes,
+[m,256]x[256,256] GEMMs for m = 1..1024) on ORT 1.31.1 CPU, this project's 2-core machine,
+2026-11-29. Only ratios between plans matter for selection: a Loop iteration and a body node cost
+well under a microsecond here, so what separates plans is mostly GEMM rows (m / (m + 27)).
 """
 from __future__ import annotations
 
@@ -15,11 +18,11 @@ from dataclasses import dataclass
 
 from .graph import Graph, Node
 
-FLOP_RATE = 40e9  # FLOP/s of large fp32 GEMMs
-MEM_RATE = 4e9  # bytes/s for elementwise ops and copies
-NODE_S = 4e-6  # per kernel launch inside ORT
-ITER_S = 25e-6  # per Loop iteration (body session setup, slicing the trip)
-GEMM_M0 = 8.0  # rows at which a GEMM reaches half its large-size throughput
+FLOP_RATE = 4.7e11  # FLOP/s of large fp32 GEMMs
+MEM_RATE = 6.2e10  # bytes/s for elementwise ops and copies
+NODE_S = 2.0e-7  # per kernel launch inside a Loop body
+ITER_S = 5.2e-7  # per Loop iteration
+GEMM_M0 = 27.0  # rows at which a GEMM reaches half its large-size throughput
 
 
 def node_flops(graph: Graph, n: Node) -> float:

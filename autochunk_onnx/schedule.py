@@ -8,8 +8,8 @@ from __future__ import annotations
 import heapq
 
 from .chunkflow import Region
-from .estimate import Estimate, Step, estimate_steps, fusions, liveness, node_step
-from .graph import Graph
+from .estimate import Estimate, Step, einsum_scratch, estimate_steps, fusions, liveness, node_step
+from .graph import Graph, itemsize
 
 
 def body_peak(graph: Graph, region: Region, chunk: int, fused: dict[int, int] | None = None) -> int:
@@ -40,7 +40,9 @@ def _body_timeline(graph: Graph, region: Region, chunk: int, fused: dict[int, in
         steps.append(Step(name, "Slice", [], [name]))
     for n in region.body:
         st = node_step(graph, n, fused)
-        if n.index not in region.value_nodes:
+        if n.op_type == "Einsum" and n.domain in ("", "ai.onnx"):
+            st.extra_bytes = _einsum_chunk_scratch(graph, region, n, chunk, st.extra_bytes, frac)
+        elif n.index not in region.value_nodes:
             st.extra_bytes = int(st.extra_bytes * frac)  # kernel scratch scales with the chunk
         ins = []
         cuts = region.in_cuts.get(n.index)
@@ -58,6 +60,25 @@ def _body_timeline(graph: Graph, region: Region, chunk: int, fused: dict[int, in
     _, _, _, timeline, _ = liveness(steps, sizes, inputs=[], outputs=list(region.outputs),
                                     external=lambda t: t not in sizes)
     return timeline or [0]
+
+
+def _einsum_chunk_scratch(graph: Graph, region: Region, n, chunk: int, whole: int, frac: float) -> int:
+    """Einsum scratch at the chunk's shapes: the transposed copy of an operand read whole does not
+    shrink with the chunk (a triangle update re-permutes its full right operand every iteration)."""
+    cuts = region.in_cuts.get(n.index) or [None] * len(n.inputs)
+    shapes = []
+    for i, c in zip(n.inputs, cuts):
+        shape = list(graph.shape(i) or ())
+        if c is not None and shape:
+            shape[c.axis] = max(1, min(shape[c.axis], chunk * int(c.scale)))
+        shapes.append(shape)
+    eq = n.attr("equation", b"")
+    eq = eq.decode() if isinstance(eq, bytes) else str(eq)
+    info = graph.info(n.outputs[0])
+    try:
+        return einsum_scratch(eq, shapes, itemsize(info.elem_type))
+    except (ValueError, KeyError, IndexError, AttributeError):
+        return int(whole * frac)
 
 
 def region_step(graph: Graph, region: Region, fused=None) -> Step:
