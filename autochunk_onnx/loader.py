@@ -145,6 +145,13 @@ def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> di
         if vi.name in shapes:
             for d, v in zip(vi.type.tensor_type.shape.dim, shapes[vi.name]):
                 d.dim_value = v
+    # The same symbol means the same size across the model: declared shapes of outputs and values
+    # (the only ones an op of unknown domain has) take the pinned values too.
+    for vi in list(graph.output) + list(graph.value_info):
+        if vi.type.HasField("tensor_type"):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_param") and d.dim_param in symbols:
+                    d.dim_value = symbols[d.dim_param]
     return symbols
 
 

@@ -273,7 +273,21 @@ def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
         tensors.update(filled)
     for t in pinned.graph.initializer:  # the stripped weights: dims from their protos, as before
         tensors[t.name] = TensorInfo(t.name, tuple(t.dims), t.data_type)
+    _loop_carried(pinned.graph, tensors)
     return tensors
+
+
+def _loop_carried(graph: onnx.GraphProto, tensors: dict[str, TensorInfo]) -> None:
+    """A Loop's carried value whose shape neither engine infers takes its initial value's shape
+    (what it keeps unless the body reshapes it; the Loop is opaque to planning either way)."""
+    for n in graph.node:
+        if n.op_type != "Loop" or n.domain not in ("", "ai.onnx"):
+            continue
+        carried = list(n.input)[2:]
+        for init, out in zip(carried, n.output):
+            have, start = tensors.get(out), tensors.get(init)
+            if out and start is not None and start.numel is not None and (have is None or have.numel is None):
+                tensors[out] = TensorInfo(out, start.shape, start.elem_type)
 
 
 def infer_graph(pinned: onnx.ModelProto) -> Graph:
