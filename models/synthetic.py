@@ -395,6 +395,14 @@ def _gated_attention(g: _Graph, x: str, c_in: int, bias: str, heads: int, c: int
     return g.linear(o, hc, c_in, f"{name}.linear_o")
 
 
+def _transition(g: _Graph, x: str, c: int, name: str) -> str:
+    """Residual LayerNorm -> Linear(4c) -> Relu -> Linear(c), the Evoformer's MSA and pair transitions."""
+    t = g.layernorm(x, c, f"{name}.layer_norm")
+    t = g.op("Relu", [g.linear(t, c, 4 * c, f"{name}.linear_1")], scope=name)
+    t = g.linear(t, 4 * c, c, f"{name}.linear_2")
+    return g.op("Add", [x, t], scope=name)
+
+
 def evoformer_like(c_m: int = 16, c_z: int = 16, heads: int = 2, seed: int = 0, *,
                    c_hidden: int = 8) -> onnx.ModelProto:
     """One Evoformer-like block.
@@ -417,12 +425,7 @@ def evoformer_like(c_m: int = 16, c_z: int = 16, heads: int = 2, seed: int = 0, 
     a = _gated_attention(g, m, c_m, bias, heads, ch, name)
     msa = g.op("Add", [msa, a], scope=name)
 
-    # --- MSA transition ---------------------------------------------------------------
-    name = "msa_transition"
-    t = g.layernorm(msa, c_m, f"{name}.layer_norm")
-    t = g.op("Relu", [g.linear(t, c_m, 4 * c_m, f"{name}.linear_1")], scope=name)
-    t = g.linear(t, 4 * c_m, c_m, f"{name}.linear_2")
-    msa = g.op("Add", [msa, t], scope=name)
+    msa = _transition(g, msa, c_m, "msa_transition")
     msa_final = msa
 
     # --- outer product mean (MSA -> pair) ----------------------------------------------
@@ -460,12 +463,7 @@ def evoformer_like(c_m: int = 16, c_z: int = 16, heads: int = 2, seed: int = 0, 
     a = _gated_attention(g, z, c_z, bias, heads, ch, name)
     pair = g.op("Add", [pair, a], scope=name)
 
-    # --- pair transition ----------------------------------------------------------------
-    name = "pair_transition"
-    t = g.layernorm(pair, c_z, f"{name}.layer_norm")
-    t = g.op("Relu", [g.linear(t, c_z, 4 * c_z, f"{name}.linear_1")], scope=name)
-    t = g.linear(t, 4 * c_z, c_z, f"{name}.linear_2")
-    pair = g.op("Add", [pair, t], scope=name)
+    pair = _transition(g, pair, c_z, "pair_transition")
 
     _rename(g, msa_final, "msa_out")
     _rename(g, pair, "pair_out")

@@ -132,26 +132,21 @@ def dim_params(vis) -> list:
             for vi in vis]
 
 
-def all_op_domains(graph: onnx.GraphProto) -> set:
-    doms = set()
+def _all_nodes(graph: onnx.GraphProto):
+    """Every node, subgraphs included."""
     for n in graph.node:
-        doms.add(n.domain)
+        yield n
         for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                doms |= all_op_domains(a.g)
-            for sub in a.graphs:
-                doms |= all_op_domains(sub)
-    return doms
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                yield from _all_nodes(sub)
+
+
+def all_op_domains(graph: onnx.GraphProto) -> set:
+    return {n.domain for n in _all_nodes(graph)}
 
 
 def all_op_types(graph: onnx.GraphProto) -> set:
-    ops = set()
-    for n in graph.node:
-        ops.add(n.op_type)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                ops |= all_op_types(a.g)
-    return ops
+    return {n.op_type for n in _all_nodes(graph)}
 
 
 def check_chunked(path: Path, original: onnx.ModelProto) -> onnx.ModelProto:
