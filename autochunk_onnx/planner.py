@@ -7,8 +7,8 @@ candidate lowers the peak any more: then the budget is unreachable and we say ho
 from __future__ import annotations
 
 import time
-from typing import Callable
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .chunkflow import Region
 from .costmodel import loop_cost, model_time
@@ -98,11 +98,8 @@ def retune(graph: Graph, regions: list[Region], est: Estimate, order: list, limi
     old = [r.chunk for r in regions]
     pos = {id(it): k for k, it in enumerate(order)}
     for r in regions:
-        k = pos[id(r)]
-        fixed = est.timeline[k].live_bytes - region_step(graph, r, fused).extra_bytes
-        out_total = sum(graph.nbytes(t) for t in r.outputs)
-        bp = body_peak_fn(graph, r, fused)
-        c = largest_fitting(lambda c: fixed + max(bp(c), out_total), r.chunk, max(r.chunk, r.units - 1), limit)
+        f = _step_fn(graph, r, est.timeline[pos[id(r)]].live_bytes, fused)
+        c = largest_fitting(f, r.chunk, max(r.chunk, r.units - 1), limit)
         if c is not None and c > r.chunk:
             r.chunk = max(r.chunk, balanced(r.units, c))
     if [r.chunk for r in regions] == old:
@@ -124,10 +121,7 @@ def _shrink_peak_loop(graph: Graph, regions: list[Region], est: Estimate, order:
     if not isinstance(it, Region) or it.chunk <= 1:
         return None
     r = it
-    fixed = est.timeline[est.peak_index].live_bytes - region_step(graph, r, fused).extra_bytes
-    out_total = sum(graph.nbytes(t) for t in r.outputs)
-    bp = body_peak_fn(graph, r, fused)
-    f = lambda c: fixed + max(bp(c), out_total)  # noqa: E731
+    f = _step_fn(graph, r, est.timeline[est.peak_index].live_bytes, fused)
     c_min = max(1, -(-r.units // MAX_ITERATIONS))
     c = largest_fitting(f, c_min, r.chunk - 1, budget)
     if c is None:
@@ -145,3 +139,12 @@ def _shrink_peak_loop(graph: Graph, regions: list[Region], est: Estimate, order:
         r.chunk = old
         return None
     return new_est, new_order
+
+
+def _step_fn(graph: Graph, r: Region, step_bytes: int, fused) -> Callable[[int], int]:
+    """chunk -> bytes of the loop's step in the plan, given its bytes now (`step_bytes`): only
+    the loop's own scratch changes with its chunk."""
+    fixed = step_bytes - region_step(graph, r, fused).extra_bytes
+    out_total = sum(graph.nbytes(t) for t in r.outputs)
+    bp = body_peak_fn(graph, r, fused)
+    return lambda c: fixed + max(bp(c), out_total)

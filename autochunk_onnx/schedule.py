@@ -91,11 +91,11 @@ def reader_counts(graph: Graph, regions: list[Region]) -> dict[str, int]:
     """How many steps of the plan read each tensor (plain nodes, loops, graph outputs)."""
     counts = dict(graph.read_count)
     for r in regions:
-        _move_reads(graph, r, counts)
+        move_reads(graph, r, counts)
     return counts
 
 
-def _move_reads(graph: Graph, r: Region, counts: dict[str, int]) -> None:
+def move_reads(graph: Graph, r: Region, counts: dict[str, int]) -> None:
     for n in r.owned:
         for i in graph.reads(n.index):
             counts[i] -= 1

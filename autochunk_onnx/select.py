@@ -13,7 +13,7 @@ from .chunkflow import Region
 from .costmodel import loop_cost
 from .estimate import Estimate
 from .graph import Graph
-from .schedule import _move_reads, body_peak_fn, dead_nodes, reader_counts
+from .schedule import body_peak_fn, dead_nodes, move_reads, reader_counts
 
 MAX_ITERATIONS = 1024
 
@@ -56,13 +56,6 @@ class QuickCost:
         self.counts = reader_counts(graph, self.regions)
         self.dead = dead_nodes(graph, self.regions, self.counts)
         self.pos = {it: k for k, it in enumerate(order) if isinstance(it, int)}
-        tl = [p.live_bytes for p in est.timeline]
-        self.prefix = [0] * (len(tl) + 1)
-        for k, v in enumerate(tl):
-            self.prefix[k + 1] = max(self.prefix[k], v)
-        self.suffix = [0] * (len(tl) + 1)
-        for k in range(len(tl) - 1, -1, -1):
-            self.suffix[k] = max(self.suffix[k + 1], tl[k])
         self.start_bytes = est.input_bytes
 
     def loop_fn(self, r: Region) -> tuple[Callable[[int], int], int, bool]:
@@ -90,7 +83,7 @@ class QuickCost:
         if not r.clones:
             return 0
         counts = dict(self.counts)
-        _move_reads(self.graph, r, counts)
+        move_reads(self.graph, r, counts)
         newly = dead_nodes(self.graph, self.regions + [r], counts) - self.dead
         return sum(self.graph.nbytes(o) for p in newly if self.pos.get(p, p0) < p0
                    for o in self.graph.nodes[p].outputs if o)
