@@ -37,8 +37,8 @@ SHAPE_ARITH = frozenset({
 })
 SMALL_VALUE = 64  # elements: a VALUE tensor must be tiny
 
-# Recomputation: cheap ops (no contraction, no reduction) worth repeating per chunk, when their
-# output is at least CLONE_GAIN times the bytes of their activation inputs and CLONE_MIN_BYTES big.
+# Recomputation: a cone of cheap ops (no contraction, no reduction) is repeated per chunk when the
+# tensor it makes is CLONE_MIN_BYTES or more and CLONE_GAIN times the bytes the cone reads.
 CLONE_OPS = frozenset(ELEMENTWISE) | {"Unsqueeze", "Squeeze", "Transpose", "Expand", "Clip"}
 CLONE_GAIN = 2
 CLONE_MIN_BYTES = 1 << 16
