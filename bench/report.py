@@ -150,6 +150,12 @@ def _targets(res: dict) -> list[str]:
     return lines + [""]
 
 
+def _measured(r: dict) -> str:
+    """The measured cells every results table shares: peaks, ratios, estimate error."""
+    return (f"{_mib(r['orig_peak_bytes'])} | {_mib(r['chunked_peak_bytes'])} | {_ratio(r['mem_ratio'])} | "
+            f"{_ratio(r.get('latency_ratio'))} | {_pct(r.get('est_error'))}")
+
+
 def _main_table(res: dict) -> list[str]:
     recs = [r for r in res.get("records", []) if r.get("section") == "main"]
     if not recs:
@@ -169,9 +175,8 @@ def _main_table(res: dict) -> list[str]:
         if r.get("min_search"):
             search += f" (+{r['min_search']['search_s']:.1f} finding min)"
         lines.append(
-            f"| {r['family']} | {r['model']} | {length} | {_budget(r)} | {_mib(r['orig_peak_bytes'])} | "
-            f"{_mib(r['chunked_peak_bytes'])} | {_ratio(r['mem_ratio'])} | {_ratio(r.get('latency_ratio'))} | "
-            f"{_pct(r.get('est_error'))} | {_pct(r.get('est_error_orig'))} | {r.get('regions', '')} | {search} | "
+            f"| {r['family']} | {r['model']} | {length} | {_budget(r)} | {_measured(r)} | "
+            f"{_pct(r.get('est_error_orig'))} | {r.get('regions', '')} | {search} | "
             f"{'met' if met else 'missed: ' + why} | ok |")
     return lines + [""]
 
@@ -265,8 +270,7 @@ def _peers(res: dict) -> list[str]:
             lines.append(f"| {r['family']} | {length} | {r['variant']} | {_budget(r)} | | | | | | | {r['status']}: {r.get('reason', '')} |")
             continue
         lines.append(f"| {r['family']} | {length} | {r['variant']} | {_budget(r) if r['budget'] != '-' else '-'} | "
-                     f"{_mib(r['orig_peak_bytes'])} | {_mib(r['chunked_peak_bytes'])} | {_ratio(r['mem_ratio'])} | "
-                     f"{_ratio(r.get('latency_ratio'))} | {_pct(r.get('est_error'))} | {r.get('regions', '-')} | ok |")
+                     f"{_measured(r)} | {r.get('regions', '-')} | ok |")
     return lines + [""]
 
 
