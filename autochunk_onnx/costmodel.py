@@ -37,9 +37,7 @@ def node_flops(graph: Graph, n: Node) -> float:
         from .dimrules import parse_einsum
         shapes = [graph.shape(i) for i in n.inputs]
         if all(shapes):
-            eq = n.attr("equation")
-            eq = eq.decode() if isinstance(eq, bytes) else eq
-            ins, _ = parse_einsum(eq, [len(s) for s in shapes])
+            ins, _ = parse_einsum(n.attr("equation"), [len(s) for s in shapes])
             sizes = {}
             for term, s in zip(ins, shapes):
                 for ch, d in zip(term, s):

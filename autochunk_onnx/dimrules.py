@@ -151,8 +151,7 @@ def parse_einsum(eq: str, ranks: list[int]) -> tuple[list[str], str]:
 
 def einsum(g: Graph, n: Node, k: int, axis: int):
     shapes = [_shape(g, i) for i in n.inputs]
-    ins, out = parse_einsum(n.attr("equation").decode() if isinstance(n.attr("equation"), bytes) else n.attr("equation"),
-                            [len(s) for s in shapes])
+    ins, out = parse_einsum(n.attr("equation"), [len(s) for s in shapes])
     letter = out[axis]
     res = []
     out_len = _shape(g, n.outputs[0])[axis]
@@ -338,7 +337,7 @@ def conv(g: Graph, n: Node, k: int, axis: int):
     if axis == 1 and n.op_type == "Conv" and n.attr("group", 1) == 1:
         return [None, (0, ONE)] + [(0, ONE)] * len(rest)
     pointwise = all(d == 1 for d in w[2:]) and all(s == 1 for s in (n.attr("strides") or [1])) \
-        and all(p == 0 for p in (n.attr("pads") or [0])) and n.attr("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET", b"VALID", "VALID")
+        and all(p == 0 for p in (n.attr("pads") or [0])) and n.attr("auto_pad", "NOTSET") in ("NOTSET", "VALID")
     if n.op_type == "Conv" and axis >= 2 and pointwise:
         return [(axis, ONE), None] + rest
     return MIX

@@ -519,8 +519,7 @@ def workspace_bytes(graph: Graph, node: Node) -> int:
     if node.domain not in ("", "ai.onnx"):
         return 0
     if op == "Einsum":
-        eq = node.attr("equation", b"")
-        eq = eq.decode() if isinstance(eq, bytes) else str(eq)
+        eq = node.attr("equation", "")
         shapes = [graph.shape(i) for i in node.inputs if i]
         info = graph.info(node.outputs[0])
         if eq and all(shapes) and info is not None:

@@ -87,7 +87,9 @@ class Node:
 
     @cached_property
     def attrs(self) -> dict:
-        return {a.name: onnx.helper.get_attribute_value(a) for a in self.proto.attribute}
+        """Attribute values; string attributes (Einsum's equation, auto_pad, ...) as str, not bytes."""
+        vals = {a.name: onnx.helper.get_attribute_value(a) for a in self.proto.attribute}
+        return {k: v.decode() if isinstance(v, bytes) else v for k, v in vals.items()}
 
     def attr(self, name: str, default=None):
         return self.attrs.get(name, default)

@@ -72,11 +72,9 @@ def _einsum_chunk_scratch(graph: Graph, region: Region, n, chunk: int, whole: in
         if c is not None and shape:
             shape[c.axis] = max(1, min(shape[c.axis], chunk * int(c.scale)))
         shapes.append(shape)
-    eq = n.attr("equation", b"")
-    eq = eq.decode() if isinstance(eq, bytes) else str(eq)
     info = graph.info(n.outputs[0])
     try:
-        return einsum_scratch(eq, shapes, itemsize(info.elem_type))
+        return einsum_scratch(n.attr("equation", ""), shapes, itemsize(info.elem_type))
     except (ValueError, KeyError, IndexError, AttributeError):
         return int(whole * frac)
 
