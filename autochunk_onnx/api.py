@@ -25,7 +25,6 @@ from .loader import (LOOP_OPSET, default_opset, load_model, parse_input_shapes, 
 from .measure import Measurement, measure
 from .planner import Plan, plan
 from .rewrite import portable, rewrite
-from .loader import load_model  # noqa: F401  (re-exported for the CLI)
 from .save import discard, publish, publish_as, save_model, stage
 from .shapes import infer_graph, infer_shapes, require_shapes, skeleton
 
@@ -160,16 +159,14 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
     timings["estimate_s"] = time.perf_counter() - t
     say("searching chunk regions")
     t = time.perf_counter()
-    dyn = dynamic_shapes(m)
-    p = plan(m.graph, budget_bytes, original, allow=lambda r: portable(m.graph, r, dyn))
+    p, dyn = _plan(m, budget_bytes, original)
     notes = []
     old_opset = default_opset(m.original)
     if p.regions and old_opset < LOOP_OPSET and (p.fits or best_effort):
         # Loops will be emitted: convert, then plan again on the converted graph (its nodes differ)
         say(f"raising opset {old_opset} -> {LOOP_OPSET}")
         m2 = _prepare(src, upgrade_opset(m.original, LOOP_OPSET), {k: list(v) for k, v in m.shapes.items()})
-        dyn2 = dynamic_shapes(m2)
-        p2 = plan(m2.graph, budget_bytes, estimate_graph(m2.graph), allow=lambda r: portable(m2.graph, r, dyn2))
+        p2, dyn2 = _plan(m2, budget_bytes, estimate_graph(m2.graph))
         if p2.regions:  # else nothing to chunk after all: the model keeps its opset
             m, p, dyn = m2, p2, dyn2
             notes.append(f"opset raised from {old_opset} to {LOOP_OPSET}: Loop over sequences needs it")
@@ -188,7 +185,7 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
         _record_change(model, p)
     timings["rewrite_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True) if not out.parent.exists() else None
+    out.parent.mkdir(parents=True, exist_ok=True)
     if not verify_output:
         written = save_model(model, out, src.parent)
         timings["write_s"] = time.perf_counter() - t
@@ -220,6 +217,12 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
     result.output_path = out
     result.written = written
     return result
+
+
+def _plan(m: Loaded, budget: int, original: Estimate) -> tuple[Plan, dict[str, tuple]]:
+    """Plan only loops that stay right at other input sizes (judged on a second pinning)."""
+    dyn = dynamic_shapes(m)
+    return plan(m.graph, budget, original, allow=lambda r: portable(m.graph, r, dyn)), dyn
 
 
 def _record_change(model: onnx.ModelProto, p: Plan) -> None:

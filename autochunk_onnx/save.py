@@ -119,7 +119,7 @@ def save_model(model: onnx.ModelProto, out_path: str | os.PathLike, src_dir: str
     `<out_path>.data`; `model` is left as it was.
     """
     out = Path(out_path)
-    folder = out.parent if str(out.parent) else Path(".")
+    folder = out.parent
     ext = _external(model)
     written = []
     data_tmp = None
@@ -157,7 +157,7 @@ def stage(model: onnx.ModelProto, out_path: str | os.PathLike, src_dir: str | os
     """Write `model` under its final name into a new hidden folder next to `out_path`; returns
     the staged model's path (its external data, if any, lies next to it). Undo with `discard`."""
     out = Path(out_path)
-    folder = out.parent if str(out.parent) else Path(".")
+    folder = out.parent
     box = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staged", dir=folder))
     try:
         save_model(model, box / out.name, src_dir)
@@ -170,16 +170,10 @@ def stage(model: onnx.ModelProto, out_path: str | os.PathLike, src_dir: str | os
 def publish(staged: Path, out_path: str | os.PathLike) -> list[Path]:
     """Move a staged model (and its data) to `out_path` by rename; returns the files there."""
     out = Path(out_path)
-    folder = out.parent if str(out.parent) else Path(".")
-    written = []
-    data = staged.with_name(staged.name + ".data")
-    if data.exists():
-        os.replace(data, folder / (out.name + ".data"))
-        written.append(folder / (out.name + ".data"))
+    data = _move_data(staged, out)
     os.replace(staged, out)
-    written.insert(0, out)
     discard(staged)
-    return written
+    return [out] + data
 
 
 def publish_as(staged: Path, out_path: str | os.PathLike) -> list[Path]:
@@ -188,26 +182,31 @@ def publish_as(staged: Path, out_path: str | os.PathLike) -> list[Path]:
     out = Path(out_path)
     if out.name == staged.name:
         return publish(staged, out)
-    folder = out.parent if str(out.parent) else Path(".")
+    folder = out.parent
     model = onnx.load(str(staged), load_external_data=False)
-    data = staged.with_name(staged.name + ".data")
     moved = []
     for t in _external(model):
         entries = [(e.key, out.name + ".data" if e.key == "location" else e.value) for e in t.external_data]
         moved.append((t, entries))
     blob = _serialize_with(model, moved)
-    written = []
-    if data.exists():
-        os.replace(data, folder / (out.name + ".data"))
-        written.append(folder / (out.name + ".data"))
+    data = _move_data(staged, out)
     fd, model_tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=folder)
     with os.fdopen(fd, "wb") as f:
         f.write(blob)
     os.chmod(model_tmp, _umask_mode())
     os.replace(model_tmp, out)
-    written.insert(0, out)
     discard(staged)
-    return written
+    return [out] + data
+
+
+def _move_data(staged: Path, out: Path) -> list[Path]:
+    """Rename the staged model's data file (if any) to OUT.data; returns the files moved there."""
+    data = staged.with_name(staged.name + ".data")
+    if not data.exists():
+        return []
+    dest = out.parent / (out.name + ".data")
+    os.replace(data, dest)
+    return [dest]
 
 
 def discard(staged: Path) -> None:

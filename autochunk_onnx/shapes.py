@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 
 import onnx
 
@@ -23,12 +24,7 @@ BIG_INLINE_ELEMS = 1 << 16
 
 
 def _is_big(t: onnx.TensorProto) -> bool:
-    if t.data_location == onnx.TensorProto.EXTERNAL:
-        return True
-    n = 1
-    for d in t.dims:
-        n *= d
-    return n > BIG_INLINE_ELEMS
+    return t.data_location == onnx.TensorProto.EXTERNAL or math.prod(t.dims) > BIG_INLINE_ELEMS
 
 
 def _copy_fields(src, dst, skip: str) -> None:
