@@ -17,7 +17,7 @@ import onnx
 from .budget import parse_budget
 from .compare import OutputDiff, all_ok, compare_outputs
 from .errors import BadInputError, BudgetUnreachableError, VerificationError
-from .estimate import Estimate, estimate_graph
+from .peak import Estimate, estimate_graph
 from .graph import Graph
 from .inputs import load_inputs, make_inputs
 from .loader import (LOOP_OPSET, default_opset, load_model, parse_input_shapes, pin_input_shapes, unpinned_inputs,

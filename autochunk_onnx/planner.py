@@ -12,7 +12,7 @@ from typing import Callable
 
 from .chunkflow import Region
 from .costmodel import loop_cost, model_time
-from .estimate import Estimate, estimate_graph, fusions
+from .peak import Estimate, estimate_graph, fusions
 from .graph import Graph
 from .schedule import body_peak_fn, dead_nodes, estimate_plan, region_step
 from .search import candidates

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .compare import format_diffs
-from .estimate import Estimate
+from .peak import Estimate
 from .planner import Plan
 
 

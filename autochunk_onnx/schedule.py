@@ -8,7 +8,7 @@ from __future__ import annotations
 import heapq
 
 from .chunkflow import Region
-from .estimate import Estimate, Step, einsum_scratch, estimate_steps, fusions, liveness, node_step
+from .peak import Estimate, Step, einsum_scratch, estimate_steps, fusions, liveness, node_step
 from .graph import Graph, itemsize
 
 

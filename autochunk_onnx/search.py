@@ -8,7 +8,7 @@ dim of its output and every start in reach, the chunk flow decides what runs in 
 from __future__ import annotations
 
 from .chunkflow import Region, trace_flow
-from .estimate import ALIAS_OPS, Estimate
+from .peak import ALIAS_OPS, Estimate
 from .graph import Graph
 
 FORWARD = 24  # end nodes considered after the anchor's last consumer

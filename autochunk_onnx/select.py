@@ -11,7 +11,7 @@ from typing import Callable
 
 from .chunkflow import Region
 from .costmodel import loop_cost
-from .estimate import Estimate
+from .peak import Estimate
 from .graph import Graph
 from .schedule import body_peak_fn, dead_nodes, move_reads, reader_counts
 

@@ -51,7 +51,7 @@ import onnx  # noqa: E402
 from autochunk_onnx import api  # noqa: E402
 from autochunk_onnx.budget import parse_budget  # noqa: E402
 from autochunk_onnx.errors import AutochunkError, BudgetUnreachableError, VerificationError  # noqa: E402
-from autochunk_onnx.estimate import estimate_graph  # noqa: E402
+from autochunk_onnx.peak import estimate_graph  # noqa: E402
 from autochunk_onnx.compare import compare_outputs  # noqa: E402
 from autochunk_onnx.inputs import load_inputs, make_inputs  # noqa: E402
 from autochunk_onnx.measure import default_providers, measure  # noqa: E402

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from autochunk_onnx import api
-from autochunk_onnx.estimate import estimate_graph
+from autochunk_onnx.peak import estimate_graph
 from autochunk_onnx.inputs import make_inputs
 from autochunk_onnx.measure import measure
 from models import synthetic

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from autochunk_onnx import api, chunkflow
-from autochunk_onnx.estimate import estimate_graph
+from autochunk_onnx.peak import estimate_graph
 from autochunk_onnx.planner import _shrink_peak_loop, plan, retune
 from autochunk_onnx.rewrite import rewrite
 from autochunk_onnx.schedule import dead_nodes, estimate_plan
