@@ -6,7 +6,7 @@ input the chunk comes from. Walking the window in reverse order gives every tens
 * `Cut(axis, scale)` - computed (or sliced) chunk by chunk along `axis`, `scale` elements per unit;
 * `WHOLE` - needed in full: computed before the loop (hoisted) and read from the outer scope;
 * `VALUE` - a small shape-valued tensor (Reshape target): computed inside the loop if it reads
-  chunked tensors, else before it; Reshape/Expand/ConstantOfShape targets are patched in the body.
+  chunked tensors, else before it; shape inputs (`OpInfo.shape_input`) are patched in the body.
 
 A node whose rule mixes the dim (softmax or reduction over it, a contraction, Concat on it), an
 unknown or custom op, or a node feeding both chunked and whole consumers is computed whole: this
@@ -24,22 +24,17 @@ from fractions import Fraction
 from math import lcm
 from typing import Union
 
-from .dimrules import ELEMENTWISE, MIX, SHAPE_INPUT, SHAPE_OPS, trace_node
+from . import ops
 from .graph import Graph, Node
+from .ops import MIX, trace_node
 
 WHOLE = "WHOLE"
 VALUE = "VALUE"
 
-# Ops allowed to compute small shape-valued tensors inside the loop.
-SHAPE_ARITH = frozenset({
-    "Shape", "Size", "Gather", "Concat", "Unsqueeze", "Squeeze", "Slice", "Cast", "Add", "Sub", "Mul",
-    "Div", "Constant", "Identity", "Reshape", "Equal", "Where", "Max", "Min", "Neg", "Abs", "ReduceProd",
-})
-SMALL_VALUE = 64  # elements: a VALUE tensor must be tiny
+SMALL_VALUE = 64  # elements: a VALUE tensor must be tiny (computed by `OpInfo.shape_arith` ops)
 
-# Recomputation: a cone of cheap ops (no contraction, no reduction) is repeated per chunk when the
-# tensor it makes is CLONE_MIN_BYTES or more and CLONE_GAIN times the bytes the cone reads.
-CLONE_OPS = frozenset(ELEMENTWISE) | {"Unsqueeze", "Squeeze", "Transpose", "Expand", "Clip"}
+# Recomputation: a cone of cheap ops (`OpInfo.clone`: no contraction, no reduction) is repeated per
+# chunk when the tensor it makes is CLONE_MIN_BYTES or more and CLONE_GAIN times the bytes it reads.
 CLONE_GAIN = 2
 CLONE_MIN_BYTES = 1 << 16
 MAX_CLONES = 16  # nodes recomputed per region
@@ -149,12 +144,12 @@ def trace_flow(graph: Graph, order: list[int], end_pos: int, end_tensor: str, ax
                     continue
                 if c is not None:
                     req[i] = _merge(req.get(i), c)
-                elif SHAPE_INPUT.get(n.op_type) == k:
+                elif ops.info(n).shape_input == k:
                     req[i] = _merge(req.get(i), VALUE)
                 else:
                     req[i] = _merge(req.get(i), WHOLE)
         elif m == "VALUE":
-            if n.op_type not in SHAPE_OPS:
+            if not ops.info(n).shape_output:
                 for i in n.inputs:
                     if i:
                         req[i] = _merge(req.get(i), VALUE)
@@ -171,7 +166,7 @@ def _decide(graph: Graph, n: Node, used: list[str], reqs: list, opaque: bool):
         return WHOLE, None
     if all(r == VALUE for r in reqs):
         small = all((graph.info(o) is not None and graph.info(o).numel is not None and graph.info(o).numel <= SMALL_VALUE) for o in used)
-        return ("VALUE" if n.op_type in SHAPE_ARITH and small and n.domain in ("", "ai.onnx") else WHOLE), None
+        return ("VALUE" if ops.info(n).shape_arith and small else WHOLE), None
     if any(r == VALUE for r in reqs):
         return WHOLE, None
     result = None
@@ -316,7 +311,7 @@ def _cone(graph: Graph, t: str, c: Cut) -> _Cone | None:
         node_cuts = None
         if p is not None and len(nodes) < MAX_CLONES and graph.nbytes(u) >= floor:
             n = graph.nodes[p]
-            if n.op_type in CLONE_OPS and n.domain in ("", "ai.onnx") and len(n.outputs) == 1:
+            if ops.info(n).clone and len(n.outputs) == 1:
                 res = trace_node(graph, n, 0, cu.axis)
                 if res != MIX:
                     node_cuts = [None if r is None else Cut(r[0], cu.scale * r[1]) for r in res]

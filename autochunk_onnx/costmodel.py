@@ -12,10 +12,9 @@ well under a microsecond here, so what separates plans is mostly GEMM rows (m / 
 """
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass
 
+from . import ops
 from .graph import Graph, Node
 
 FLOP_RATE = 4.7e11  # FLOP/s of large fp32 GEMMs
@@ -26,29 +25,9 @@ GEMM_M0 = 27.0  # rows at which a GEMM reaches half its large-size throughput
 
 
 def node_flops(graph: Graph, n: Node) -> float:
-    """Multiply-adds x2 of GEMM-like ops; elementwise work is counted as bytes instead."""
-    if n.op_type in ("MatMul", "Gemm", "FusedMatMul"):
-        a = graph.shape(n.inputs[0])
-        y = graph.shape(n.outputs[0])
-        if a and y:
-            k = a[-1] if not (n.op_type == "Gemm" and n.attr("transA", 0)) else a[0]
-            return 2.0 * math.prod(y) * k
-    if n.op_type == "Einsum":
-        from .dimrules import parse_einsum
-        shapes = [graph.shape(i) for i in n.inputs]
-        if all(shapes):
-            ins, _ = parse_einsum(n.attr("equation"), [len(s) for s in shapes])
-            sizes = {}
-            for term, s in zip(ins, shapes):
-                for ch, d in zip(term, s):
-                    sizes[ch] = max(sizes.get(ch, 1), d)
-            return 2.0 * math.prod(sizes.values())
-    if n.op_type == "Conv":
-        w, y = graph.shape(n.inputs[1]), graph.shape(n.outputs[0])
-        if w and y:
-            return 2.0 * math.prod(y) * math.prod(w[1:])
-    return 0.0
-
+    """Multiply-adds x2 of GEMM-like ops (`OpInfo.flops`); elementwise work is counted as bytes instead."""
+    flops = ops.info(n).flops
+    return flops(graph, n) if flops is not None else 0.0
 
 
 def node_time(graph: Graph, n: Node) -> float:

@@ -1,4 +1,4 @@
-"""Per-op chunk-dim rules, as data: op type -> rule.
+"""Per-op chunk-dim rules: the functions the op registry (`ops.py`) gives each op.
 
 A rule answers, for one node: "if output `k` is cut along `axis`, which axis of each input must be
 cut, and with what length ratio?" It returns one entry per input: `(in_axis, ratio)` for an input
@@ -19,11 +19,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from .graph import Graph, Node
+from .graphutil import parse_einsum
 
-Cut = tuple[int, Fraction]
+InCut = tuple[int, Fraction]  # (input axis, input elements per output element along the cut)
 MIX = "MIX"
-RuleResult = "list[Optional[Cut]] | str"
-Rule = Callable[[Graph, Node, int, int], "list[Optional[Cut]] | str"]
+Rule = Callable[[Graph, Node, int, int], "list[Optional[InCut]] | str"]
 
 ONE = Fraction(1)
 
@@ -36,7 +36,7 @@ def _norm(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
-def _broadcast_input(g: Graph, name: str, out_shape: tuple[int, ...], axis: int) -> Optional[Cut]:
+def _broadcast_input(g: Graph, name: str, out_shape: tuple[int, ...], axis: int) -> Optional[InCut]:
     """numpy broadcasting: the input axis aligned right with `axis`, unless absent or size 1."""
     s = _shape(g, name)
     if s is None:
@@ -121,32 +121,6 @@ def gemm(g: Graph, n: Node, k: int, axis: int):
     if axis == 0:
         return [(1 if n.attr("transA", 0) else 0, ONE), None] + c
     return [None, (0 if n.attr("transB", 0) else 1, ONE)] + c
-
-
-def parse_einsum(eq: str, ranks: list[int]) -> tuple[list[str], str]:
-    """Expand an Einsum equation into per-input letter strings and the output's ('.' for '...')."""
-    eq = eq.replace(" ", "")
-    lhs, _, rhs = eq.partition("->")
-    terms = lhs.split(",")
-    ell = max((r - len(t.replace("...", "")) for t, r in zip(terms, ranks) if "..." in t), default=0)
-    ell_letters = "".join(chr(0x100 + i) for i in range(ell))  # private letters for ellipsis dims
-
-    def expand(t: str, rank: int | None) -> str:
-        if "..." not in t:
-            return t
-        n = (rank - len(t.replace("...", ""))) if rank is not None else ell
-        return t.replace("...", ell_letters[ell - n:] if n else "")
-
-    ins = [expand(t, r) for t, r in zip(terms, ranks)]
-    if "->" in eq:
-        out = expand(rhs, None)
-    else:
-        counts: dict[str, int] = {}
-        for t in ins:
-            for ch in t:
-                counts[ch] = counts.get(ch, 0) + 1
-        out = ell_letters + "".join(sorted(ch for ch, c in counts.items() if c == 1 and ch not in ell_letters))
-    return ins, out
 
 
 def einsum(g: Graph, n: Node, k: int, axis: int):
@@ -376,7 +350,7 @@ def attention(g: Graph, n: Node, k: int, axis: int):
         return MIX
     q = _shape(g, n.inputs[0])
     seq_axis = 2 if len(q) == 4 else 1
-    res: list[Optional[Cut]] = [None] * len(n.inputs)
+    res: list[Optional[InCut]] = [None] * len(n.inputs)
     if axis == seq_axis:
         res[0] = (seq_axis, ONE)
         if len(n.inputs) > 3 and n.inputs[3]:
@@ -391,60 +365,3 @@ def attention(g: Graph, n: Node, k: int, axis: int):
             res[3] = (0, ONE) if len(m) == 4 and m[0] == q[0] and q[0] != 1 else None
         return res
     return MIX
-
-
-ELEMENTWISE = (
-    "Add Sub Mul Div Pow Mod Max Min Sum Mean Where Equal Less LessOrEqual Greater GreaterOrEqual And Or Xor "
-    "Not Neg Abs Sqrt Reciprocal Exp Log Erf Tanh Sigmoid Relu LeakyRelu Elu Selu Gelu HardSigmoid HardSwish "
-    "Softplus Softsign Sin Cos Tan Asin Acos Atan Sinh Cosh Floor Ceil Round Sign IsNaN IsInf PRelu Mish "
-    "BitwiseAnd BitwiseOr BitwiseXor BitwiseNot Identity Cast CastLike ThresholdedRelu Celu Swish"
-).split()
-
-RULES: dict[str, Rule] = {op: elementwise for op in ELEMENTWISE}
-RULES.update({
-    "Clip": first_input_only, "Dropout": first_input_only,
-    "Softmax": softmax, "LogSoftmax": softmax, "Hardmax": softmax,
-    "LayerNormalization": layer_norm, "RMSNormalization": layer_norm, "SimplifiedLayerNormalization": layer_norm,
-    "InstanceNormalization": instance_norm, "GroupNormalization": group_norm, "BatchNormalization": batch_norm,
-    "MatMul": matmul, "Gemm": gemm, "Einsum": einsum,
-    "Transpose": transpose,
-    "Reshape": reshape_like, "Flatten": reshape_like, "Squeeze": reshape_like, "Unsqueeze": reshape_like,
-    "Expand": expand, "Concat": concat, "Split": split, "Slice": slice_,
-    "Gather": gather, "GatherElements": gather_elements,
-    "Tile": same_size_only, "Pad": pad, "Resize": same_size_only,
-    "Trilu": trilu, "Conv": conv, "ConvTranspose": conv,
-    "ReduceSum": reduce, "ReduceMean": reduce, "ReduceMax": reduce, "ReduceMin": reduce, "ReduceProd": reduce,
-    "ReduceL1": reduce, "ReduceL2": reduce, "ReduceLogSum": reduce, "ReduceLogSumExp": reduce,
-    "ReduceSumSquare": reduce, "ArgMax": reduce, "ArgMin": reduce,
-    "Attention": attention,
-})
-# Ops whose output is a shape/size: reading their input never needs its values.
-SHAPE_OPS = frozenset({"Shape", "Size"})
-# Ops whose shape-valued input must equal the chunk's shape inside the loop (fixed at rewrite).
-SHAPE_INPUT = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0}
-
-
-def rule_for(n: Node) -> Rule | None:
-    """The rule for a standard-domain op, or None: opaque (custom domain, subgraphs, unknown)."""
-    if n.domain not in ("", "ai.onnx") or n.has_subgraph:
-        return None
-    return RULES.get(n.op_type)
-
-
-def trace_node(g: Graph, n: Node, k: int, axis: int):
-    """Apply the node's rule; any failure to apply it (odd shapes, missing attrs) counts as MIX."""
-    rule = rule_for(n)
-    if rule is None:
-        return MIX
-    if any(i and g.shape(i) is None for i in n.inputs) or g.shape(n.outputs[k]) is None:
-        return MIX
-    try:
-        res = rule(g, n, k, axis)
-    except (TypeError, IndexError, ValueError, KeyError, ZeroDivisionError, AttributeError):
-        return MIX
-    if res != MIX:
-        # Sanity: every cut input must really have the axis.
-        for i, c in zip(n.inputs, res):
-            if c is not None and (not i or c[0] >= len(g.shape(i))):
-                return MIX
-    return res

@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .graphutil import is_standard, opset_of, outer_reads
+
 # Bytes per element for ONNX dtypes numpy does not know (bfloat16, float8, 4-bit types).
 _ITEMSIZE_FALLBACK = {
     onnx.TensorProto.BFLOAT16: 2,
@@ -145,10 +147,7 @@ class Graph:
 
     @property
     def opset(self) -> int:
-        for o in self.model.opset_import:
-            if o.domain in ("", "ai.onnx"):
-                return o.version
-        return 0
+        return opset_of(self.model)
 
     def info(self, name: str) -> TensorInfo | None:
         return self.tensors.get(name)
@@ -175,7 +174,7 @@ class Graph:
                 val = numpy_helper.to_array(t)
         elif name in self.producer:
             n = self.nodes[self.producer[name]]
-            if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            if n.op_type == "Constant" and is_standard(n.domain):
                 a = n.proto.attribute[0]
                 if a.name == "value":
                     val = numpy_helper.to_array(a.t)
@@ -184,14 +183,3 @@ class Graph:
         self._const_cache[name] = val
         return val
 
-
-def outer_reads(node: onnx.NodeProto) -> list[str]:
-    """Names the subgraphs of `node` read from the enclosing scope (nested subgraphs included)."""
-    names: list[str] = []
-    for a in node.attribute:
-        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
-        for g in graphs:
-            local = {i.name for i in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
-            for n in g.node:
-                names += [i for i in list(n.input) + outer_reads(n) if i and i not in local]
-    return list(dict.fromkeys(names))

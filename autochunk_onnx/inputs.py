@@ -13,11 +13,9 @@ from typing import Iterable
 import numpy as np
 import onnx
 
+from . import ops
 from .errors import BadInputError
 
-# Nodes that pass indices through unchanged in value (only shape or dtype change), so a Gather
-# behind them still tells the vocabulary size of the original input.
-_PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand"}
 _DEFAULT_INT_HIGH = 100
 _TIMESTEP_HIGH = 1000
 
@@ -147,7 +145,7 @@ def gather_vocab(model: onnx.ModelProto, input_name: str) -> int | None:
                     axis = axis + len(dims) if axis < 0 else axis
                     if 0 <= axis < len(dims) and dims[axis] > 0:
                         found.append(int(dims[axis]))
-            elif node.op_type in _PASS_THROUGH and node.input and node.input[0] == name:
+            elif ops.info(node).passes_values and node.input and node.input[0] == name:  # ids reach a Gather
                 frontier.extend(o for o in node.output if o)
     return min(found) if found else None
 

@@ -13,6 +13,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import BadInputError
+from .graphutil import is_standard, opset_of
 
 MAX_IR_VERSION = onnx.IR_VERSION
 MAX_OPSET = onnx.defs.onnx_opset_version()
@@ -38,7 +39,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if model.ir_version == 0 or model.ir_version > MAX_IR_VERSION:
         raise BadInputError(f"{p}: unsupported IR version {model.ir_version} (this onnx supports up to {MAX_IR_VERSION})")
     for o in model.opset_import:
-        if o.domain in ("", "ai.onnx") and (o.version < 1 or o.version > MAX_OPSET):
+        if is_standard(o.domain) and (o.version < 1 or o.version > MAX_OPSET):
             raise BadInputError(f"{p}: unsupported opset {o.version} (supported: 1..{MAX_OPSET})")
     check_external_data(model, p.parent)
     return model
@@ -171,8 +172,7 @@ def unpinned_inputs(model: onnx.ModelProto) -> list[str]:
 LOOP_OPSET = 13  # Loop with sequence-typed loop-carried values (the chunks of each output)
 
 
-def default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+default_opset = opset_of
 
 
 def _clone(msg):

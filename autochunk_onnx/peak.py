@@ -34,25 +34,17 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
+from . import ops
 from .graph import Graph, Node, TensorInfo, itemsize
+from .graphutil import is_standard, subgraphs
 
-# --- ORT kernel facts (ORT 1.31.1 CPU) ----------------------------------------------------------
-# View kernels (Alias(0, 0)): the output is input 0's buffer. Dropout/Identity are removed by the
-# optimizer, which is the same for memory. Measured: no allocation at the node.
-ALIAS_OPS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout"})
-# MayInplace(0, 0) kernels. Measured one node at a time on [1,4,512,512] float32 with named dims:
-# these allocate nothing when input 0 dies at the node; Abs, Ceil, Cos, Erf, Exp, Floor, Gelu,
-# HardSwish, Hardmax, Log, Mish, Neg, Reciprocal, Round, Sign, Sin, Sqrt, Tan, FastGelu,
-# QuickGelu, and the binary Add/Sub/Mul/Div/Pow/Max/Min (even with equal shapes) always allocate.
-INPLACE_OPS = frozenset({
-    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "Tanh", "Softplus", "Softsign",
-    "ThresholdedRelu", "Shrink", "Clip", "Softmax", "LogSoftmax",
-})
-INPLACE_UNARY = INPLACE_OPS  # old name
-# Ops ORT folds into constants when every input is constant (weights, Constant nodes).
-_NOT_FOLDED = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                         "Bernoulli", "Loop", "If", "Scan", "SequenceEmpty"})
-_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Erf", "Tanh", "Sigmoid", "Sqrt"})
+# ORT kernel facts (ORT 1.31.1 CPU) are rows of the op registry (`ops.py`): views (`alias`, measured:
+# no allocation at the node; Dropout/Identity are removed by the optimizer, the same for memory),
+# MayInplace kernels (`inplace`, measured one node at a time on [1,4,512,512] float32 with named
+# dims: they allocate nothing when input 0 dies at the node; Abs, Ceil, Cos, Erf, Exp, Floor, Gelu,
+# HardSwish, Hardmax, Log, Mish, Neg, Reciprocal, Round, Sign, Sin, Sqrt, Tan, FastGelu, QuickGelu
+# and the binary Add/Sub/Mul/Div/Pow/Max/Min, even with equal shapes, always allocate), constant
+# folding (`ort_folds`), kernel scratch (`scratch`, kernels.py).
 
 
 @dataclass
@@ -231,10 +223,6 @@ def _sym_value(name: str) -> int | None:
     return int(name[len(_SYM):]) if name.startswith(_SYM) and name[len(_SYM):].isdigit() else None
 
 
-_BROADCAST_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater",
-                            "And", "Or", "Mod", "PRelu", "Sum", "Mean"})
-
-
 def _static_values(graph: Graph, sym: dict[str, tuple]) -> set[int]:
     """Values of input-dim symbols that the graph equates with that constant (so they were static)."""
     static: set[int] = set()
@@ -252,26 +240,10 @@ def _static_values(graph: Graph, sym: dict[str, tuple]) -> set[int]:
                 static.add(v)
 
     for n in graph.nodes:
-        op = n.op_type
-        shapes = [shape(i) if i else None for i in n.inputs]
-        if op in _BROADCAST_OPS:
-            known = [s for s in shapes if s]
-            r = max((len(s) for s in known), default=0)
-            for k in range(1, r + 1):
-                meet([s[-k] for s in known if len(s) >= k])
-        elif op in ("MatMul", "FusedMatMul") and len(shapes) >= 2 and shapes[0] and shapes[1] \
-                and len(shapes[0]) >= 2 and len(shapes[1]) >= 2:
-            meet([shapes[0][-1], shapes[1][-2]])
-        elif op == "Gemm" and len(shapes) >= 2 and shapes[0] and shapes[1] and len(shapes[0]) == 2 == len(shapes[1]):
-            meet([shapes[0][0 if n.attr("transA", 0) else 1], shapes[1][1 if n.attr("transB", 0) else 0]])
-        elif op == "LayerNormalization" and len(shapes) >= 2 and shapes[0] and shapes[1]:
-            k = len(shapes[1])
-            for j in range(1, k + 1):
-                meet([shapes[0][-j], shapes[1][-j]])
-        elif op == "Conv" and len(shapes) >= 2 and shapes[0] and shapes[1] and len(shapes[0]) >= 2:
-            w1 = shapes[1][1]
-            if isinstance(w1, int):
-                meet([shapes[0][1], w1 * n.attr("group", 1)])
+        equates = ops.info(n).equates
+        if equates is not None:
+            for dims in equates(n, [shape(i) if i else None for i in n.inputs]):
+                meet(dims)
     return static
 
 
@@ -321,7 +293,7 @@ def _folded(graph: Graph) -> set[str]:
     const = set(graph.initializers)
     out = set()
     for n in graph.nodes:
-        if n.op_type == "Constant" or (n.inputs and n.op_type not in _NOT_FOLDED and not n.has_subgraph
+        if n.op_type == "Constant" or (n.inputs and ops.info(n).ort_folds and not n.has_subgraph
                                        and all((not i) or i in const for i in n.inputs)):
             for o in n.outputs:
                 if o:
@@ -401,7 +373,7 @@ def _fusion_groups(graph: Graph, folded: set[str], sym: dict[str, tuple] | None 
         return True
 
     def elementwise(n: Node) -> bool:
-        return n.op_type in _ELEMENTWISE and all(not i or not is_const(i) or _scalar_const(graph, i) for i in n.inputs)
+        return ops.info(n).gelu_island and all(not i or not is_const(i) or _scalar_const(graph, i) for i in n.inputs)
 
     def island(anchor: Node) -> tuple[str, list[Node]] | None:
         """The element-wise nodes computing f(x) around `anchor`: (x, nodes in order)."""
@@ -510,172 +482,14 @@ def _fusion_groups(graph: Graph, folded: set[str], sym: dict[str, tuple] | None 
 
 # --- kernel scratch ----------------------------------------------------------------------------
 def workspace_bytes(graph: Graph, node: Node) -> int:
-    """Scratch memory a kernel holds beyond its outputs (ORT 1.31 CPU), where it is large.
-
-    Each rule was measured one node at a time (profiler `mem_in_use_peak` minus in-use before,
-    exact arena) and matches these formulas on every probed shape.
-    """
-    op = node.op_type
-    if node.domain not in ("", "ai.onnx"):
-        return 0
-    if op == "Einsum":
-        eq = node.attr("equation", "")
-        shapes = [graph.shape(i) for i in node.inputs if i]
-        info = graph.info(node.outputs[0])
-        if eq and all(shapes) and info is not None:
-            try:
-                return einsum_scratch(eq, shapes, itemsize(info.elem_type))
-            except (ValueError, KeyError, IndexError):
-                pass
-        return sum(graph.nbytes(i) for i in node.inputs if i) + 2 * graph.nbytes(node.outputs[0])
-    if op == "Where" and len(node.inputs) == 3:
-        # Where selects in two passes, each into a temporary of broadcast(cond, branch) elements
-        # (measured 13 broadcast combinations on [1,4,1024,1024]: exact).
-        out = graph.info(node.outputs[0])
-        c = graph.shape(node.inputs[0])
-        if out is None or c is None:
-            return 2 * graph.nbytes(node.outputs[0])
-        size = itemsize(out.elem_type)
-        return int(sum(_bcast_numel(c, graph.shape(b) or ()) for b in node.inputs[1:]) * size)
-    if op in ("Softmax", "LogSoftmax", "Hardmax"):
-        shape = graph.shape(node.inputs[0]) or ()
-        axis = node.attr("axis", -1)
-        if shape and axis % len(shape) != len(shape) - 1:
-            return 2 * graph.nbytes(node.outputs[0])  # transposes to and from the last axis (measured 2.0x)
-        return 0
-    if op == "Attention":  # ONNX opset-23 Attention on CPU materializes the scores [b, h, q, k] (measured)
-        q, k = graph.shape(node.inputs[0]), graph.shape(node.inputs[1])
-        info = graph.info(node.outputs[0])
-        if q and k and info is not None:
-            heads = node.attr("q_num_heads", 0) or (q[1] if len(q) == 4 else 1)
-            ql, kl = (q[2], k[2]) if len(q) == 4 else (q[1], k[1])
-            size = itemsize(info.elem_type)
-            scores = q[0] * heads * ql * kl * size
-            causal = ql * kl * 4 if node.attr("is_causal", 0) else 0  # float mask (measured +q*k*4)
-            mask = graph.info(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
-            # a boolean mask is turned into an additive one of its own shape (measured: 4 shapes x 4 sizes)
-            converted = mask.numel * size if mask is not None and mask.numel and mask.elem_type == onnx.TensorProto.BOOL else 0
-            return int(scores + causal + converted)
-        return 0
-    # Conv: no rule. MLAS convolves in tiles (measured 0.12 MiB whatever the size at level 0) and
-    # ORT's NCHWc rewrite (level 3) copies to and from blocked layout in nodes of their own, a
-    # copy of the input or output at a time (small next to the attention tensors here).
-    # MatMul, Gemm, FusedMatMul (also with broadcast batch dims), LayerNormalization,
-    # InstanceNormalization, Transpose, Concat, Split, Slice, Gather, Expand, Resize: measured 0.
-    if node.has_subgraph:
+    """Scratch memory a kernel holds beyond its outputs (ORT 1.31 CPU), where it is large: the
+    op's measured formula (`OpInfo.scratch`), or a Loop/If/Scan body's own peak."""
+    facts = ops.info(node)
+    if facts.scratch is not None:
+        return facts.scratch(graph, node)
+    if node.has_subgraph and is_standard(node.domain):
         return subgraph_peak(graph, node)
     return 0
-
-
-def _bcast_numel(a, b) -> int:
-    n = max(len(a), len(b))
-    a = (1,) * (n - len(a)) + tuple(a)
-    b = (1,) * (n - len(b)) + tuple(b)
-    return math.prod(max(x, y) for x, y in zip(a, b))
-
-
-def einsum_scratch(equation: str, shapes: list, size: float = 4) -> int:
-    """Bytes ORT's CPU Einsum allocates besides its output (einsum_typed_compute_processor.cc).
-
-    Inputs whose axes are not in the order labels first appear are transposed first; each pair
-    is permuted to [batch, left, reduced, right] for a MatMul (a copy unless already in order),
-    the MatMul result is a temporary, transposed once more if the output order differs, then
-    copied into the output. All are alive at the final copy. Exact on 13 measured equations
-    (attention, triangle and outer-product forms, with and without ellipsis).
-    """
-    eq = equation.replace(" ", "")
-    lhs, _, rhs = eq.partition("->")
-    terms = lhs.split(",")
-    n_ell = 0
-    for t, s in zip(terms, shapes):
-        if "..." in t:
-            n_ell = max(n_ell, len(s) - (len(t) - 3))
-    ell = [f"#{i}" for i in range(n_ell)]
-    order = list(ell)
-    labels = []
-    for t, s in zip(terms, shapes):
-        if "..." in t:
-            pre, post = t.split("...")
-            e = len(s) - len(pre) - len(post)
-            lab = list(pre) + [f"#{n_ell - e + i}" for i in range(e)] + list(post)
-        else:
-            lab = list(t)
-        if len(lab) != len(s):
-            raise ValueError(equation)
-        for c in lab:
-            if c not in order:
-                order.append(c)
-        labels.append(lab)
-    idx = {c: i for i, c in enumerate(order)}
-    if "->" in eq:
-        out = []
-        for c in rhs.replace("...", "\0"):
-            out += ell if c == "\0" else [c]
-    else:
-        count: dict[str, int] = {}
-        for lab in labels:
-            for c in lab:
-                count[c] = count.get(c, 0) + 1
-        out = ell + sorted(c for c in count if count[c] == 1 and not c.startswith("#"))
-    total = 0
-    hom = []
-    for lab, s in zip(labels, shapes):
-        if [idx[c] for c in lab] != sorted(idx[c] for c in lab):
-            total += math.prod(s)
-        hom.append(dict(zip(lab, s)))
-    last = {}
-    for k, lab in enumerate(labels):
-        for c in lab:
-            last[c] = k
-    for c in out:
-        last[c] = -1
-    if len(labels) == 1:
-        return int((total + math.prod(hom[0].get(c, 1) for c in out)) * size)
-    left = dict(hom[0])
-    red0 = [c for c in order if last.get(c) == 0]
-    if red0:
-        for c in red0:
-            left[c] = 1
-        total += math.prod(left.values())
-    for k in range(1, len(labels)):
-        right = dict(hom[k])
-        red = {c for c in order if last.get(c) == k}
-        lro, lo, ro, rd = [], [], [], []
-        reduced_left = bool(red0) if k == 1 else True
-        for c in order:
-            ld, rdim = left.get(c, 1), right.get(c, 1)
-            if c in red:
-                rd.append(c)
-                if ld > 1 and rdim == 1:
-                    left[c] = 1
-                    total += math.prod(left.values())
-                    reduced_left = True
-                elif rdim > 1 and ld == 1:
-                    right[c] = 1
-                    total += math.prod(right.values())
-            elif ld > 1 and rdim > 1:
-                lro.append(c)
-            elif ld > 1:
-                lo.append(c)
-            else:
-                ro.append(c)
-        perm_l = lro + lo + rd + ro
-        if [idx[c] for c in perm_l] != sorted(idx[c] for c in perm_l):
-            big = [idx[c] for c in perm_l if left.get(c, 1) > 1]
-            if not (reduced_left and big == sorted(big)):
-                total += math.prod(left.values())
-        perm_r = lro + rd + ro + lo
-        if [idx[c] for c in perm_r] != sorted(idx[c] for c in perm_r):
-            total += math.prod(right.values())
-        mm = math.prod(left.get(c, 1) for c in lro + lo) * math.prod(right.get(c, 1) for c in ro)
-        total += mm
-        if k == len(labels) - 1:
-            cand = [c for c in lro + lo + ro if c in out]
-            if [out.index(c) for c in cand] != sorted(out.index(c) for c in cand):
-                total += mm
-        else:
-            left = {c: (left.get(c, 1) if c in lro or c in lo else right.get(c, 1) if c in ro else 1) for c in order}
-    return int(total * size)
 
 
 # --- steps ---------------------------------------------------------------------------------------
@@ -695,19 +509,20 @@ def node_step(graph: Graph, node: Node, fused: dict[int, int] | None = None) -> 
 
 
 def _step_fields(graph: Graph, info: _OrtInfo, node: Node, fused: dict[int, int] | None) -> tuple:
-    op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+    facts = ops.info(node)
+    op = node.op_type if is_standard(node.domain) else f"{node.domain}.{node.op_type}"
     ins = [i for i in node.inputs if i]
     outs = [o for o in node.outputs if o]
     if node.op_type == "Constant" or (outs and all(o in info.folded for o in outs)):
         return node.name, op, [], [], 0, False, False, 0, None  # a weight after ORT's constant folding
     extra = workspace_bytes(graph, node)
-    alias = op in ALIAS_OPS
+    alias = facts.alias
     ti, to = (graph.info(ins[0]) if ins else None), (graph.info(outs[0]) if outs else None)
     if op == "Cast" and ti is not None and to is not None and ti.elem_type == to.elem_type:
         alias = True  # a Cast to the same type is removed
     keys = [_key(graph, info, o) for o in outs]
     inplace = False
-    if op in INPLACE_OPS and ins and keys and keys[0] is not None:
+    if facts.inplace and ins and keys and keys[0] is not None:
         k_in = _key(graph, info, ins[0])  # same concrete shape; whether ORT can tell is in the keys
         inplace = k_in is not None and k_in[1] == keys[0][1] and (k_in[0] is None) == (keys[0][0] is None)
     src = 0
@@ -882,25 +697,24 @@ def estimate_graph(graph: Graph) -> Estimate:
 def subgraph_peak(graph: Graph, node: Node) -> int:
     """Peak of a Loop/If/Scan body from the shapes inference left in it; 0 when unknown."""
     best = 0
-    for a in node.proto.attribute:
-        bodies = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
-        for body in bodies:
-            tensors: dict[str, TensorInfo] = {}
-            for vi in list(body.value_info) + list(body.output):
-                tt = vi.type.tensor_type
-                if vi.type.HasField("tensor_type") and tt.HasField("shape"):
-                    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-                    tensors[vi.name] = TensorInfo(vi.name, shape, tt.elem_type)
-            sizes = {k: (v.nbytes or 0) for k, v in tensors.items()}
-            keys = {k: (((v.shape, v.elem_type),) * 2 if v.numel else None) for k, v in tensors.items()}
-            steps = []
-            for n in body.node:
-                outs = [o for o in n.output if o]
-                ins = [i for i in n.input if i]
-                st = Step(n.name, n.op_type, ins, outs, alias=n.op_type in ALIAS_OPS, keys=[keys.get(o) for o in outs])
-                st.inplace = n.op_type in INPLACE_OPS and bool(ins) and keys.get(ins[0]) is not None and keys.get(ins[0]) == keys.get(outs[0] if outs else None)
-                steps.append(st)
-            inner = {o for n in body.node for o in n.output}
-            peak, *_ = liveness(steps, sizes, inputs=[], outputs=[o.name for o in body.output], external=lambda t: t not in inner)
-            best = max(best, peak)
+    for body in subgraphs(node.proto):
+        tensors: dict[str, TensorInfo] = {}
+        for vi in list(body.value_info) + list(body.output):
+            tt = vi.type.tensor_type
+            if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+                shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+                tensors[vi.name] = TensorInfo(vi.name, shape, tt.elem_type)
+        sizes = {k: (v.nbytes or 0) for k, v in tensors.items()}
+        keys = {k: (((v.shape, v.elem_type),) * 2 if v.numel else None) for k, v in tensors.items()}
+        steps = []
+        for n in body.node:
+            outs = [o for o in n.output if o]
+            ins = [i for i in n.input if i]
+            facts = ops.info(n)
+            st = Step(n.name, n.op_type, ins, outs, alias=facts.alias, keys=[keys.get(o) for o in outs])
+            st.inplace = facts.inplace and bool(ins) and keys.get(ins[0]) is not None and keys.get(ins[0]) == keys.get(outs[0] if outs else None)
+            steps.append(st)
+        inner = {o for n in body.node for o in n.output}
+        peak, *_ = liveness(steps, sizes, inputs=[], outputs=[o.name for o in body.output], external=lambda t: t not in inner)
+        best = max(best, peak)
     return best

@@ -20,9 +20,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .chunkflow import Cut, Region
-from .dimrules import SHAPE_INPUT
+from . import ops
 from .errors import BadInputError
-from .graph import Graph, outer_reads
+from .graph import Graph
+from .graphutil import all_graphs, opset_import, outer_reads
 from .schedule import dead_nodes
 
 MIN_OPSET = 13  # Loop with sequence-typed loop-carried values
@@ -33,7 +34,7 @@ class _Names:
 
     def __init__(self, model: onnx.ModelProto):
         self.used = set()
-        for g in _all_graphs(model.graph):
+        for g in all_graphs(model.graph):
             self.used.update(o for n in g.node for o in n.output)
             self.used.update(i.name for i in g.input)
             self.used.update(t.name for t in g.initializer)
@@ -46,21 +47,6 @@ class _Names:
             name = f"{base}_{k}"
         self.used.add(name)
         return name
-
-
-def _all_graphs(g: onnx.GraphProto):
-    yield g
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_graphs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sg in a.graphs:
-                    yield from _all_graphs(sg)
-
-
-def _i64(name: str, values) -> TensorProto:
-    return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
 
 
 def _const(nodes: list, names: _Names, base: str, values, dtype=np.int64) -> str:
@@ -111,7 +97,7 @@ def rewrite(original: onnx.ModelProto, graph: Graph, regions: list[Region], dyna
     model.CopyFrom(original)
     if not regions:
         return model
-    opset = next((o for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    opset = opset_import(model)
     if opset is None or opset.version < MIN_OPSET:
         raise BadInputError(f"chunking needs opset >= {MIN_OPSET} (Loop over sequences); the model has opset {opset.version if opset else 'none'}")
     names = _Names(model)
@@ -228,7 +214,7 @@ def _emit_region(graph: Graph, r: Region, r_i: int, names: _Names, dynamic: dict
             else:
                 src = i  # outer scope: weights, whole tensors
             out_cut = r.cuts.get(n.outputs[0]) if n.outputs else None
-            if out_cut is not None and SHAPE_INPUT.get(n.op_type) == k and n.index not in r.value_nodes:
+            if out_cut is not None and ops.info(n).shape_input == k and n.index not in r.value_nodes:
                 src = _patch_shape(graph, n, src, out_cut, bounds(int(out_cut.scale))[2], body, names, tag)
             new.input.append(src)
         del new.output[:]
@@ -261,7 +247,7 @@ def _emit_region(graph: Graph, r: Region, r_i: int, names: _Names, dynamic: dict
 def _patch_shape(graph: Graph, n, shape_in: str, out_cut: Cut, length: str, body: list, names: _Names, tag: str) -> str:
     """Set the chunked dim of a shape-valued input to the chunk's length."""
     out_rank = len(graph.shape(n.outputs[0]))
-    shape_len = graph.shape(n.inputs[SHAPE_INPUT[n.op_type]])[0]
+    shape_len = graph.shape(n.inputs[ops.info(n).shape_input])[0]
     pos = out_cut.axis - (out_rank - shape_len)
     if pos < 0:
         return shape_in

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import heapq
 
+from . import kernels, ops
 from .chunkflow import Region
-from .peak import Estimate, Step, einsum_scratch, estimate_steps, fusions, liveness, node_step
+from .peak import Estimate, Step, estimate_steps, fusions, liveness, node_step
+from .kernels import einsum_scratch
 from .graph import Graph, itemsize
 
 
@@ -40,7 +42,7 @@ def _body_timeline(graph: Graph, region: Region, chunk: int, fused: dict[int, in
         steps.append(Step(name, "Slice", [], [name]))
     for n in region.body:
         st = node_step(graph, n, fused)
-        if n.op_type == "Einsum" and n.domain in ("", "ai.onnx"):
+        if ops.info(n).scratch is kernels.einsum_node_scratch:
             st.extra_bytes = _einsum_chunk_scratch(graph, region, n, chunk, st.extra_bytes, frac)
         elif n.index not in region.value_nodes:
             st.extra_bytes = int(st.extra_bytes * frac)  # kernel scratch scales with the chunk

@@ -8,7 +8,8 @@ dim of its output and every start in reach, the chunk flow decides what runs in 
 from __future__ import annotations
 
 from .chunkflow import Region, trace_flow
-from .peak import ALIAS_OPS, Estimate
+from . import ops
+from .peak import Estimate
 from .graph import Graph
 
 FORWARD = 24  # end nodes considered after the anchor's last consumer
@@ -115,7 +116,7 @@ def _views(graph: Graph, t: str) -> set[str]:
     while stack:
         for c in graph.consumers.get(stack.pop(), []):
             n = graph.nodes[c]
-            if n.op_type in ALIAS_OPS and n.outputs and n.outputs[0] and n.outputs[0] not in out:
+            if ops.info(n).alias and n.outputs and n.outputs[0] and n.outputs[0] not in out:
                 out.add(n.outputs[0])
                 stack.append(n.outputs[0])
     return out

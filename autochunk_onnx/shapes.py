@@ -14,8 +14,10 @@ import math
 
 import onnx
 
+from . import ops
 from .errors import BadInputError
 from .graph import Graph, TensorInfo
+from .graphutil import is_standard, opset_of
 
 
 # Initializers with more elements than this are never needed for their values by shape
@@ -132,10 +134,6 @@ def _collect(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     return out
 
 
-def _known(tensors: dict[str, TensorInfo], model: onnx.ModelProto) -> int:
-    return sum(1 for n in model.graph.node for o in n.output if o and tensors.get(o) and tensors[o].numel is not None)
-
-
 def _merge(sk: onnx.ModelProto) -> dict[str, TensorInfo]:
     """Both engines' answers: onnx's where it finds a concrete shape, ORT's for the rest.
 
@@ -156,11 +154,7 @@ def _holes(tensors: dict[str, TensorInfo], model: onnx.ModelProto) -> int:
     return sum(1 for n in model.graph.node for o in n.output if o and (tensors.get(o) is None or tensors[o].numel is None))
 
 
-# Ops a shape computation is made of, evaluated on small values when both engines leave holes.
-FOLD_OPS = {"Shape", "Size", "Constant", "Identity", "Cast", "Gather", "Concat", "Unsqueeze", "Squeeze", "Slice",
-            "Reshape", "Flatten", "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Floor", "Ceil", "Min", "Max",
-            "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Where", "Range",
-            "ReduceProd", "ReduceSum", "ReduceMin", "ReduceMax", "ConstantOfShape", "Sqrt", "Transpose"}
+# Shape computations (ops with `OpInfo.fold`) are evaluated on small values when both engines leave holes.
 FOLD_MAX_ELEMS = 1 << 16
 
 
@@ -176,7 +170,7 @@ def _fold(sk: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> tuple[onnx.Mod
         from onnx.reference import ReferenceEvaluator
     except ImportError:
         return None
-    opset = next((o.version for o in sk.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = opset_of(sk)
     values: dict = {}
     for t in sk.graph.initializer:
         if np.prod(t.dims, dtype=np.int64) <= FOLD_MAX_ELEMS:
@@ -186,7 +180,7 @@ def _fold(sk: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> tuple[onnx.Mod
                 pass
     folded = set()  # node indices (protobuf wrappers are transient: no id())
     for k, n in enumerate(sk.graph.node):
-        if n.domain not in ("", "ai.onnx") or n.op_type not in FOLD_OPS or not n.output or not n.output[0]:
+        if not ops.info(n).fold or not n.output or not n.output[0]:
             continue
         ins = [i for i in n.input if i]
         try:
@@ -277,7 +271,7 @@ def _loop_carried(graph: onnx.GraphProto, tensors: dict[str, TensorInfo]) -> Non
     """A Loop's carried value whose shape neither engine infers takes its initial value's shape
     (what it keeps unless the body reshapes it; the Loop is opaque to planning either way)."""
     for n in graph.node:
-        if n.op_type != "Loop" or n.domain not in ("", "ai.onnx"):
+        if n.op_type != "Loop" or not is_standard(n.domain):
             continue
         carried = list(n.input)[2:]
         for init, out in zip(carried, n.output):
@@ -291,11 +285,6 @@ def infer_graph(pinned: onnx.ModelProto) -> Graph:
     return Graph(pinned, infer_shapes(pinned))
 
 
-# Ops that make or read tensor sequences: no tensor shape to infer.
-SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SplitToSequence",
-                          "ConcatFromSequence", "SequenceAt"})
-
-
 def require_shapes(graph: Graph) -> None:
     """Name the first tensor whose size stays unknown: the estimate cannot stand without it."""
     for n in graph.nodes:
@@ -303,7 +292,7 @@ def require_shapes(graph: Graph) -> None:
             if not o:
                 continue
             t = graph.info(o)
-            if (t is None or t.numel is None) and n.op_type in SEQUENCE_OPS:
+            if (t is None or t.numel is None) and ops.info(n).sequence:
                 raise BadInputError(
                     f"cannot size {o!r} (node {n.name}, {n.op_type}): the estimate does not follow tensor sequences "
                     "(a chunked model's loops use them); estimate the original model, or measure the chunked one "

@@ -1,7 +1,7 @@
 """Random valid ONNX graphs for differential fuzzing of the chunk rewriter (`bench/fuzz.py`).
 
 Why: hand-written tests cover the shapes their authors thought of; random compositions of the ops
-`autochunk_onnx/dimrules.py` knows (broadcasts, reshapes with 0 and -1, attention, reductions and
+`autochunk_onnx/ops.py` knows (broadcasts, reshapes with 0 and -1, attention, reductions and
 softmax over random axes, Concat/Split/Slice/Pad/Tile on the chunkable dim) find the rest.
 
 `random_model(seed)` is deterministic. Every model has a residual stream `lead + [S, D]` that a

@@ -1,4 +1,4 @@
-"""Per-op chunk-dim rules (autochunk_onnx.dimrules.trace_node) on hand-built single-op graphs."""
+"""Per-op chunk-dim rules (autochunk_onnx.ops.trace_node) on hand-built single-op graphs."""
 from fractions import Fraction
 
 import numpy as np
@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from autochunk_onnx.dimrules import MIX, trace_node
+from autochunk_onnx.ops import MIX, trace_node
 from autochunk_onnx.shapes import infer_graph
 
 F = TensorProto.FLOAT

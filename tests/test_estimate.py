@@ -18,7 +18,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from autochunk_onnx import api
-from autochunk_onnx.peak import einsum_scratch, estimate_graph
+from autochunk_onnx.peak import estimate_graph
+from autochunk_onnx.kernels import einsum_scratch
 from autochunk_onnx.inputs import make_inputs
 from models import synthetic
 

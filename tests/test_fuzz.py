@@ -6,6 +6,7 @@ original in ONNX Runtime, at the pinned length and at a second one. Long runs ar
 """
 from __future__ import annotations
 
+import dataclasses
 import faulthandler
 import os
 import signal
@@ -21,7 +22,7 @@ from onnx import numpy_helper
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from autochunk_onnx import dimrules  # noqa: E402
+from autochunk_onnx import dimrules, ops  # noqa: E402
 from bench import fuzz as fuzz_module  # noqa: E402
 from bench.fuzz import fuzz, parse_seeds, pick_budget  # noqa: E402
 from models.random_graphs import at_length, random_model, seq_length  # noqa: E402
@@ -58,7 +59,7 @@ def _shifts_by_pad(model: onnx.ModelProto) -> bool:
 def test_fuzzer_catches_the_old_pad_rule(monkeypatch):
     """Not vacuous: with the Pad rule it found wrong (same size = chunkable, though pads (+1, -1)
     shift the rows) the fuzzer must report mismatches on models that shift with Pad."""
-    monkeypatch.setitem(dimrules.RULES, "Pad", dimrules.same_size_only)
+    monkeypatch.setitem(ops.REGISTRY, ("", "Pad"), dataclasses.replace(ops.lookup("", "Pad"), rule=dimrules.same_size_only))
     seeds = [s for s in range(400) if _shifts_by_pad(random_model(s)[0])][:8]
     assert len(seeds) == 8
     s = fuzz(seeds, timeout_s=60, say=lambda _line: None)

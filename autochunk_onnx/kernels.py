@@ -1,0 +1,192 @@
+"""What one kernel costs in ONNX Runtime 1.31 CPU: scratch bytes beyond its outputs, and FLOPs.
+
+These are the per-op functions the op registry (`ops.py`) points at. Each scratch formula was
+measured one node at a time (profiler `mem_in_use_peak` minus in-use before, exact arena) and
+matches on every probed shape (tests/test_estimate.py re-runs the probes). Ops without one:
+MatMul, Gemm, FusedMatMul (also with broadcast batch dims), LayerNormalization,
+InstanceNormalization, Transpose, Concat, Split, Slice, Gather, Expand, Resize measured 0; Conv
+(MLAS convolves in tiles: 0.12 MiB whatever the size; ORT's NCHWc copies are nodes of their own).
+"""
+from __future__ import annotations
+
+import math
+
+import onnx
+
+from .graph import Graph, Node, itemsize
+from .graphutil import ellipsis_labels, parse_einsum
+
+
+# --- scratch -------------------------------------------------------------------------------------
+def einsum_node_scratch(graph: Graph, node: Node) -> int:
+    eq = node.attr("equation", "")
+    shapes = [graph.shape(i) for i in node.inputs if i]
+    info = graph.info(node.outputs[0])
+    if eq and all(shapes) and info is not None:
+        try:
+            return einsum_scratch(eq, shapes, itemsize(info.elem_type))
+        except (ValueError, KeyError, IndexError):
+            pass
+    return sum(graph.nbytes(i) for i in node.inputs if i) + 2 * graph.nbytes(node.outputs[0])
+
+
+def where_scratch(graph: Graph, node: Node) -> int:
+    """Where selects in two passes, each into a temporary of broadcast(cond, branch) elements
+    (measured 13 broadcast combinations on [1,4,1024,1024]: exact)."""
+    if len(node.inputs) != 3:
+        return 0
+    out = graph.info(node.outputs[0])
+    c = graph.shape(node.inputs[0])
+    if out is None or c is None:
+        return 2 * graph.nbytes(node.outputs[0])
+    size = itemsize(out.elem_type)
+    return int(sum(_bcast_numel(c, graph.shape(b) or ()) for b in node.inputs[1:]) * size)
+
+
+def softmax_scratch(graph: Graph, node: Node) -> int:
+    """Softmax over any axis but the last transposes to and from it (measured 2.0x the output)."""
+    shape = graph.shape(node.inputs[0]) or ()
+    axis = node.attr("axis", -1)
+    if shape and axis % len(shape) != len(shape) - 1:
+        return 2 * graph.nbytes(node.outputs[0])
+    return 0
+
+
+def attention_scratch(graph: Graph, node: Node) -> int:
+    """ONNX opset-23 Attention on CPU materializes the scores [b, h, q, k] (measured)."""
+    q, k = graph.shape(node.inputs[0]), graph.shape(node.inputs[1])
+    info = graph.info(node.outputs[0])
+    if not (q and k and info is not None):
+        return 0
+    heads = node.attr("q_num_heads", 0) or (q[1] if len(q) == 4 else 1)
+    ql, kl = (q[2], k[2]) if len(q) == 4 else (q[1], k[1])
+    size = itemsize(info.elem_type)
+    scores = q[0] * heads * ql * kl * size
+    causal = ql * kl * 4 if node.attr("is_causal", 0) else 0  # float mask (measured +q*k*4)
+    mask = graph.info(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
+    # a boolean mask is turned into an additive one of its own shape (measured: 4 shapes x 4 sizes)
+    converted = mask.numel * size if mask is not None and mask.numel and mask.elem_type == onnx.TensorProto.BOOL else 0
+    return int(scores + causal + converted)
+
+
+def _bcast_numel(a, b) -> int:
+    n = max(len(a), len(b))
+    a = (1,) * (n - len(a)) + tuple(a)
+    b = (1,) * (n - len(b)) + tuple(b)
+    return math.prod(max(x, y) for x, y in zip(a, b))
+
+
+def _in_order(labels, idx: dict) -> bool:
+    return [idx[c] for c in labels] == sorted(idx[c] for c in labels)
+
+
+def einsum_scratch(equation: str, shapes: list, size: float = 4) -> int:
+    """Bytes ORT's CPU Einsum allocates besides its output (einsum_typed_compute_processor.cc).
+
+    Inputs whose axes are not in the order labels first appear are transposed first; each pair
+    is permuted to [batch, left, reduced, right] for a MatMul (a copy unless already in order),
+    the MatMul result is a temporary, transposed once more if the output order differs, then
+    copied into the output. All are alive at the final copy. Exact on 13 measured equations
+    (attention, triangle and outer-product forms, with and without ellipsis).
+    """
+    labels, out = parse_einsum(equation, [len(s) for s in shapes])
+    for lab, s in zip(labels, shapes):
+        if len(lab) != len(s):
+            raise ValueError(equation)
+    order = list(dict.fromkeys(list(ellipsis_labels(_n_ellipsis(equation, shapes))) + [c for lab in labels for c in lab]))
+    idx = {c: i for i, c in enumerate(order)}
+    total = sum(math.prod(s) for lab, s in zip(labels, shapes) if not _in_order(lab, idx))  # input transposes
+    hom = [dict(zip(lab, s)) for lab, s in zip(labels, shapes)]
+    last = {}  # label -> the last input it appears in (-1: kept in the output)
+    for k, lab in enumerate(labels):
+        for c in lab:
+            last[c] = k
+    for c in out:
+        last[c] = -1
+    if len(labels) == 1:
+        return int((total + math.prod(hom[0].get(c, 1) for c in out)) * size)
+    left = dict(hom[0])
+    red0 = [c for c in order if last.get(c) == 0]
+    if red0:  # labels only input 0 has are summed away first
+        for c in red0:
+            left[c] = 1
+        total += math.prod(left.values())
+    for k in range(1, len(labels)):
+        step, left = _pair_scratch(order, idx, out, left, dict(hom[k]), {c for c in order if last.get(c) == k},
+                                   bool(red0) if k == 1 else True, k == len(labels) - 1)
+        total += step
+    return int(total * size)
+
+
+def _n_ellipsis(equation: str, shapes: list) -> int:
+    terms = equation.replace(" ", "").partition("->")[0].split(",")
+    return max((len(s) - len(t.replace("...", "")) for t, s in zip(terms, shapes) if "..." in t), default=0)
+
+
+def _pair_scratch(order: list, idx: dict, out: str, left: dict, right: dict, red: set, reduced_left: bool,
+                  final: bool) -> tuple[int, dict]:
+    """Elements one pairwise contraction allocates (left x right -> result), and the result's dims."""
+    total = 0
+    lro, lo, ro, rd = [], [], [], []
+    for c in order:
+        ld, rdim = left.get(c, 1), right.get(c, 1)
+        if c in red:
+            rd.append(c)
+            if ld > 1 and rdim == 1:  # summed out of the left operand alone first
+                left[c] = 1
+                total += math.prod(left.values())
+                reduced_left = True
+            elif rdim > 1 and ld == 1:
+                right[c] = 1
+                total += math.prod(right.values())
+        elif ld > 1 and rdim > 1:
+            lro.append(c)
+        elif ld > 1:
+            lo.append(c)
+        else:
+            ro.append(c)
+    perm_l = lro + lo + rd + ro
+    if not _in_order(perm_l, idx):
+        big = [idx[c] for c in perm_l if left.get(c, 1) > 1]
+        if not (reduced_left and big == sorted(big)):
+            total += math.prod(left.values())
+    if not _in_order(lro + rd + ro + lo, idx):
+        total += math.prod(right.values())
+    mm = math.prod(left.get(c, 1) for c in lro + lo) * math.prod(right.get(c, 1) for c in ro)
+    total += mm
+    if final:
+        cand = [c for c in lro + lo + ro if c in out]
+        if [out.index(c) for c in cand] != sorted(out.index(c) for c in cand):
+            total += mm  # the result transposed into the output's order
+        return total, left
+    result = {c: (left.get(c, 1) if c in lro or c in lo else right.get(c, 1) if c in ro else 1) for c in order}
+    return total, result
+
+
+# --- FLOPs ---------------------------------------------------------------------------------------
+def matmul_flops(graph: Graph, n: Node) -> float:
+    a = graph.shape(n.inputs[0])
+    y = graph.shape(n.outputs[0])
+    if a and y:
+        k = a[-1] if not (n.op_type == "Gemm" and n.attr("transA", 0)) else a[0]
+        return 2.0 * math.prod(y) * k
+    return 0.0
+
+
+def einsum_flops(graph: Graph, n: Node) -> float:
+    shapes = [graph.shape(i) for i in n.inputs]
+    if not all(shapes):
+        return 0.0
+    ins, _ = parse_einsum(n.attr("equation"), [len(s) for s in shapes])
+    sizes: dict[str, int] = {}
+    for term, s in zip(ins, shapes):
+        for ch, d in zip(term, s):
+            sizes[ch] = max(sizes.get(ch, 1), d)
+    return 2.0 * math.prod(sizes.values())
+
+
+def conv_flops(graph: Graph, n: Node) -> float:
+    w, y = graph.shape(n.inputs[1]), graph.shape(n.outputs[0])
+    if w and y:
+        return 2.0 * math.prod(y) * math.prod(w[1:])
+    return 0.0
