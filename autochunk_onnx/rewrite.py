@@ -13,16 +13,17 @@ symbolic chunk dim: without it ORT does not reuse buffers in the body (design no
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .chunkflow import Cut, Region
 from . import ops
+from .chunkflow import Cut, Region
 from .errors import BadInputError
-from .graph import Graph
+from .graph import Graph, Node
 from .graphutil import all_graphs, opset_import, outer_reads
 from .schedule import dead_nodes
 
@@ -53,6 +54,29 @@ def _const(nodes: list, names: _Names, base: str, values, dtype=np.int64) -> str
     out = names(base)
     nodes.append(helper.make_node("Constant", [], [out], name=out, value=numpy_helper.from_array(np.asarray(values, dtype=dtype), out)))
     return out
+
+
+@dataclass
+class PositionPatch:
+    """What a position rule (`OpInfo.position`, issue 11) gets to emit one body node whose values
+    depend on the absolute index along the cut (Trilu, Range, ...): the node as copied into the
+    body (inputs and outputs already renamed), the cut of its first output, the names of the
+    chunk's start and length along that cut (1-D int64 tensors, in elements of the output), and
+    the body to append to. The rule appends nodes that compute `proto`'s outputs."""
+
+    graph: Graph
+    node: Node
+    proto: onnx.NodeProto
+    cut: Cut
+    start: str
+    length: str
+    body: list
+    names: "_Names"
+    tag: str
+
+    def const(self, base: str, values, dtype=np.int64) -> str:
+        """A Constant node in the body; returns its output name."""
+        return _const(self.body, self.names, f"{self.tag}/{base}", values, dtype)
 
 
 def portable(graph: Graph, region: Region, dynamic: dict[str, tuple] | None) -> bool:
@@ -219,7 +243,13 @@ def _emit_region(graph: Graph, r: Region, r_i: int, names: _Names, dynamic: dict
             new.input.append(src)
         del new.output[:]
         new.output.extend(rename.get(o, o) if o else "" for o in n.outputs)
-        body.append(new)
+        position = ops.info(n).position
+        out_cut = r.cuts.get(n.outputs[0]) if n.outputs else None
+        if position is not None and out_cut is not None and n.index not in r.value_nodes:
+            s0, _, ln = bounds(int(out_cut.scale))
+            position(PositionPatch(graph, n, new, out_cut, s0, ln, body, names, tag))
+        else:
+            body.append(new)
         for o in n.outputs:
             if o in r.cuts:
                 value_info.append(_chunk_vi(graph, o, rename[o], r.cuts[o], tag, dynamic))

@@ -254,3 +254,26 @@ def test_the_check_catches_a_wrong_rule(monkeypatch):
         monkeypatch.setitem(ops.REGISTRY, ("", op), dataclasses.replace(ops.lookup("", op), rule=wrong))
         with pytest.raises(AssertionError, match="Not equal to tolerance"):
             test_rule_agrees_with_onnxruntime(op)
+
+
+def test_position_rule_emits_the_body_node(monkeypatch, tmp_path):
+    """The rewrite hands a row's position rule each chunked body node of that op, with the chunk's
+    start and length: a rule that emits the node unchanged gives the same model byte for byte."""
+    import dataclasses
+
+    from autochunk_onnx import api
+    from models.synthetic import attention_block
+
+    src = tmp_path / "a.onnx"
+    onnx.save_model(attention_block(), str(src))
+    plain = api.optimize(str(src), str(tmp_path / "plain.onnx"), "50%", {"x": [1, 256, 64]}, verify_output=False)
+    calls = []
+
+    def emit_as_is(p):
+        calls.append((p.node.op_type, p.start, p.length))
+        p.body.append(p.proto)
+
+    monkeypatch.setitem(ops.REGISTRY, ("", "Softmax"), dataclasses.replace(ops.lookup("", "Softmax"), position=emit_as_is))
+    hooked = api.optimize(str(src), str(tmp_path / "hooked.onnx"), "50%", {"x": [1, 256, 64]}, verify_output=False)
+    assert plain.plan.regions and calls and all(op == "Softmax" for op, _, _ in calls)
+    assert (tmp_path / "plain.onnx").read_bytes() == (tmp_path / "hooked.onnx").read_bytes()
