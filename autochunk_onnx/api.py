@@ -23,8 +23,9 @@ from .inputs import load_inputs, make_inputs
 from .loader import (LOOP_OPSET, default_opset, load_model, parse_input_shapes, pin_input_shapes, unpinned_inputs,
                      upgrade_opset)
 from .measure import Measurement, measure
-from .planner import Plan, plan
-from .rewrite import portable, rewrite
+from .plan import Plan
+from .planner import plan
+from .rewrite import rewrite
 from .save import discard, publish, publish_as, save_model, stage
 from .shapes import infer_graph, infer_shapes, require_shapes, skeleton
 
@@ -159,16 +160,16 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
     timings["estimate_s"] = time.perf_counter() - t
     say("searching chunk regions")
     t = time.perf_counter()
-    p, dyn = _plan(m, budget_bytes, original)
+    p = _plan(m, budget_bytes, original)
     notes = []
     old_opset = default_opset(m.original)
     if p.regions and old_opset < LOOP_OPSET and (p.fits or best_effort):
         # Loops will be emitted: convert, then plan again on the converted graph (its nodes differ)
         say(f"raising opset {old_opset} -> {LOOP_OPSET}")
         m2 = _prepare(src, upgrade_opset(m.original, LOOP_OPSET), {k: list(v) for k, v in m.shapes.items()})
-        p2, dyn2 = _plan(m2, budget_bytes, estimate_graph(m2.graph))
+        p2 = _plan(m2, budget_bytes, estimate_graph(m2.graph))
         if p2.regions:  # else nothing to chunk after all: the model keeps its opset
-            m, p, dyn = m2, p2, dyn2
+            m, p = m2, p2
             notes.append(f"opset raised from {old_opset} to {LOOP_OPSET}: Loop over sequences needs it")
     timings["search_s"] = time.perf_counter() - t
     result = OptimizeResult(p, None, timings=timings, budget=budget_bytes, budget_text=str(budget), notes=notes)
@@ -180,7 +181,7 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
         return result
     say("rewriting into Loops")
     t = time.perf_counter()
-    model = rewrite(m.original, m.graph, p.regions, dyn)
+    model = rewrite(m.original, m.graph, p.loops, p.dropped)
     if p.regions:
         _record_change(model, p)
     timings["rewrite_s"] = time.perf_counter() - t
@@ -219,10 +220,11 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
     return result
 
 
-def _plan(m: Loaded, budget: int, original: Estimate) -> tuple[Plan, dict[str, tuple]]:
-    """Plan only loops that stay right at other input sizes (judged on a second pinning)."""
-    dyn = dynamic_shapes(m)
-    return plan(m.graph, budget, original, allow=lambda r: portable(m.graph, r, dyn)), dyn
+def _plan(m: Loaded, budget: int, original: Estimate) -> Plan:
+    """Plan only loops that stay right at other input sizes (judged on a second pinning, kept in
+    the graph's session for the rewrite too)."""
+    m.graph.session.dynamic = dynamic_shapes(m)
+    return plan(m.graph, budget, original, portable_only=True)
 
 
 def _record_change(model: onnx.ModelProto, p: Plan) -> None:
@@ -251,14 +253,6 @@ def _check_output_path(src: Path, out: Path, force: bool) -> None:
         os.unlink(tmp)
     except OSError:
         raise BadInputError(f"output folder {folder} is not writable") from None
-
-
-def _remove(paths) -> None:
-    for p in paths:
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
 
 
 def _fmt(n: int) -> str:

@@ -28,6 +28,9 @@ from . import ops
 from .graph import Graph, Node
 from .ops import MIX, trace_node
 
+# A node's mode and a tensor's requirement: computed chunk by chunk (a `Cut` for tensors), needed
+# whole, or a small shape value.
+CHUNK = "CHUNK"
 WHOLE = "WHOLE"
 VALUE = "VALUE"
 
@@ -46,9 +49,10 @@ class Cut:
     scale: Fraction
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Region:
-    """One chunk loop: which nodes run in it, along which dim each tensor is cut, its outputs."""
+    """What one chunk loop computes: which nodes run in it, along which dim each tensor is cut,
+    its outputs. Fixed once traced; the chunk size belongs to the plan (`plan.Loop`)."""
 
     end: str  # the tensor the region was traced from
     body: list[Node]  # in execution order
@@ -59,20 +63,15 @@ class Region:
     units: int  # N: length of the cut, in units
     start_index: int  # window start (node index in graph order)
     end_index: int
-    chunk: int = 0  # units per iteration, set by selection
     outer_reads: list[str] = field(default_factory=list)  # outer tensors read whole by the body
     slices: list[tuple[str, Cut]] = field(default_factory=list)  # outer tensors sliced in the body
-    value_nodes: set[int] = field(default_factory=set)  # body nodes computing shape values
-    clones: set[int] = field(default_factory=set)  # body nodes recomputed: their originals stay outside
+    value_nodes: frozenset[int] = frozenset()  # body nodes computing shape values
+    clones: frozenset[int] = frozenset()  # body nodes recomputed: their originals stay outside
 
     @property
     def inputs(self) -> list[str]:
         seen = dict.fromkeys([t for t in self.outer_reads] + [t for t, _ in self.slices])
         return list(seen)
-
-    @property
-    def iterations(self) -> int:
-        return -(-self.units // self.chunk) if self.chunk else 0
 
     @property
     def nodes(self) -> set[int]:
@@ -115,6 +114,10 @@ class Flow:
         self.graph, self.order, self.end_pos, self.end_tensor = graph, order, end_pos, end_tensor
         self.mode, self.in_cuts, self.req, self.opaque, self.kept = mode, in_cuts, req, opaque, kept
 
+    def chunked(self, index: int) -> bool:
+        """Whether node `index` is computed chunk by chunk in this flow."""
+        return self.mode.get(index) == CHUNK
+
     def region(self, start_pos: int) -> Region | None:
         window = self.order[start_pos:self.end_pos + 1]
         keep = set(window)
@@ -137,7 +140,7 @@ def trace_flow(graph: Graph, order: list[int], end_pos: int, end_tensor: str, ax
             continue
         m, cuts = _decide(graph, n, used, reqs, idx in opaque)
         mode[idx] = m
-        if m == "CHUNK":
+        if m == CHUNK:
             in_cuts[idx] = cuts
             for k, (i, c) in enumerate(zip(n.inputs, cuts)):
                 if not i:
@@ -148,7 +151,7 @@ def trace_flow(graph: Graph, order: list[int], end_pos: int, end_tensor: str, ax
                     req[i] = _merge(req.get(i), VALUE)
                 else:
                     req[i] = _merge(req.get(i), WHOLE)
-        elif m == "VALUE":
+        elif m == VALUE:
             if not ops.info(n).shape_output:
                 for i in n.inputs:
                     if i:
@@ -166,7 +169,7 @@ def _decide(graph: Graph, n: Node, used: list[str], reqs: list, opaque: bool):
         return WHOLE, None
     if all(r == VALUE for r in reqs):
         small = all((graph.info(o) is not None and graph.info(o).numel is not None and graph.info(o).numel <= SMALL_VALUE) for o in used)
-        return ("VALUE" if ops.info(n).shape_arith and small else WHOLE), None
+        return (VALUE if ops.info(n).shape_arith and small else WHOLE), None
     if any(r == VALUE for r in reqs):
         return WHOLE, None
     result = None
@@ -179,20 +182,20 @@ def _decide(graph: Graph, n: Node, used: list[str], reqs: list, opaque: bool):
         if result is not None and cuts != result:
             return WHOLE, None
         result = cuts
-    return "CHUNK", result
+    return CHUNK, result
 
 
 def _build(graph: Graph, window: list[int], in_window: set[int], end_tensor: str, mode: dict[int, str],
            in_cuts: dict[int, list], req: dict, start_index: int, end_index: int,
            opaque: set[int] = frozenset(), kept: frozenset[str] = frozenset()) -> Region | None:
-    chunk_nodes = {i for i, m in mode.items() if m == "CHUNK"}
+    chunk_nodes = {i for i, m in mode.items() if m == CHUNK}
     if graph.producer.get(end_tensor) not in chunk_nodes:
         return None
     # VALUE nodes run in the loop when they read something produced in it (chunk shapes).
     in_loop = set(chunk_nodes)
     value_nodes = set()
     for idx in window:
-        if mode.get(idx) == "VALUE":
+        if mode.get(idx) == VALUE:
             if any(graph.producer.get(i) in in_loop for i in graph.nodes[idx].inputs if i):
                 in_loop.add(idx)
                 value_nodes.add(idx)
@@ -253,7 +256,7 @@ def _build(graph: Graph, window: list[int], in_window: set[int], end_tensor: str
     region = Region(
         end=end_tensor, body=body, hoisted=hoisted, cuts=cuts, in_cuts=body_cuts,
         outputs=outputs, units=units, start_index=start_index, end_index=end_index,
-        outer_reads=list(outer), slices=list(slices), value_nodes=value_nodes, clones=set(clones),
+        outer_reads=list(outer), slices=list(slices), value_nodes=frozenset(value_nodes), clones=frozenset(clones),
     )
     return region
 
@@ -289,8 +292,8 @@ class _Cone:
 def _cone(graph: Graph, t: str, c: Cut) -> _Cone | None:
     """The cone of cheap nodes that makes `t`'s chunk along `c`, grown backwards while tensors
     stay large (>= 1/16 of `t`); None unless what it reads is CLONE_GAIN times smaller than `t`.
-    Depends on the graph only, so it is cached on it."""
-    cache = graph.__dict__.setdefault("_cone_cache", {})
+    Depends on the graph only, so it is kept in the graph's session."""
+    cache = graph.session.cones
     key = (t, c)
     if key in cache:
         return cache[key]

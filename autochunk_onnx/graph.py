@@ -13,6 +13,7 @@ import onnx
 from onnx import numpy_helper
 
 from .graphutil import is_standard, opset_of, outer_reads
+from .session import Session
 
 # Bytes per element for ONNX dtypes numpy does not know (bfloat16, float8, 4-bit types).
 _ITEMSIZE_FALLBACK = {
@@ -110,6 +111,7 @@ class Graph:
     nodes: list[Node] = field(init=False)
     producer: dict[str, int] = field(init=False)
     consumers: dict[str, list[int]] = field(init=False)
+    session: Session = field(init=False)  # facts kept across the calls that plan this graph
 
     def __post_init__(self) -> None:
         g = self.model.graph
@@ -127,6 +129,7 @@ class Graph:
         self.input_names = [i.name for i in g.input if i.name not in self.initializers]
         self.output_names = [o.name for o in g.output]
         self._const_cache: dict[str, np.ndarray | None] = {}
+        self.session = Session()
 
     def reads(self, index: int) -> list[str]:
         """Tensors node `index` reads: its inputs, plus what its subgraphs read from this scope."""

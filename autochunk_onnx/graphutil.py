@@ -1,11 +1,15 @@
 """Small graph utilities every stage shares: one definition of each.
 
 The standard ONNX domain test, the model's opset, the Einsum equation parser, the subgraph
-walkers and the names a node's subgraphs read from the enclosing scope.
+walkers and the names a node's subgraphs read from the enclosing scope, the weightless skeleton
+of a model, and the stable topological sort.
 """
 from __future__ import annotations
 
 from typing import Iterator
+
+import heapq
+import math
 
 import onnx
 
@@ -90,3 +94,89 @@ def outer_reads(node: onnx.NodeProto) -> list[str]:
         for n in g.node:
             names += [i for i in list(n.input) + outer_reads(n) if i and i not in local]
     return list(dict.fromkeys(names))
+
+
+# Initializers with more elements than this are never needed for their values by shape
+# inference (shape constants are tiny), so the skeleton declares them as graph inputs instead.
+BIG_INLINE_ELEMS = 1 << 16
+
+
+def _is_big(t: onnx.TensorProto) -> bool:
+    return t.data_location == onnx.TensorProto.EXTERNAL or math.prod(t.dims) > BIG_INLINE_ELEMS
+
+
+def copy_fields(src, dst, skip: str) -> None:
+    """dst gets every set field of src but `skip` (no copy of the skipped one is ever made)."""
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        repeated = getattr(fd, "is_repeated", None)
+        if repeated is None:  # protobuf < 5
+            repeated = fd.label == fd.LABEL_REPEATED
+        if repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of `model` without weight data, for shape inference and opset conversion.
+
+    Every external initializer (and every inline one over BIG_INLINE_ELEMS elements) becomes a
+    graph input of the same name, dtype and dims: shapes propagate exactly as before, but no engine
+    can read, copy or serialize the weights (ORT's symbolic inference would otherwise try to read
+    external bias values relative to the current folder, and fail). The skeleton stays small for any
+    model size, so it is far below protobuf's 2 GiB limit. Returns (skeleton, names turned into inputs).
+    """
+    src = model.graph
+    sk = onnx.ModelProto()
+    copy_fields(model, sk, skip="graph")
+    g = sk.graph
+    copy_fields(src, g, skip="initializer")
+    declared = {vi.name: vi for vi in g.input}
+    stripped = []
+    for t in src.initializer:
+        if not _is_big(t):
+            g.initializer.append(t)
+            continue
+        stripped.append(t.name)
+        vi = onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        if t.name in declared:  # IR < 4: initializers are listed as inputs too
+            declared[t.name].CopyFrom(vi)
+        else:
+            g.input.append(vi)
+    return sk, stripped
+
+
+def stable_toposort(keys: list, reads: list, writes: list) -> list[int]:
+    """Positions of items in a topological order that keeps `keys` order wherever the data allow
+    (ties by position). Item k reads the names `reads[k]` and writes `writes[k]`. Raises
+    ValueError on a cycle."""
+    produced: dict[str, int] = {}
+    for k, outs in enumerate(writes):
+        for o in outs:
+            if o:
+                produced[o] = k
+    deps: list[set[int]] = [set() for _ in keys]
+    users: list[list[int]] = [[] for _ in keys]
+    for k, ins in enumerate(reads):
+        for i in ins:
+            p = produced.get(i)
+            if p is not None and p != k and p not in deps[k]:
+                deps[k].add(p)
+                users[p].append(k)
+    ready = [(keys[k], k) for k in range(len(keys)) if not deps[k]]
+    heapq.heapify(ready)
+    out: list[int] = []
+    while ready:
+        _, k = heapq.heappop(ready)
+        out.append(k)
+        for u in users[k]:
+            deps[u].discard(k)
+            if not deps[u]:
+                heapq.heappush(ready, (keys[u], u))
+    if len(out) != len(keys):
+        raise ValueError("the order has a cycle")
+    return out

@@ -36,7 +36,7 @@ import onnx
 
 from . import ops
 from .graph import Graph, Node, TensorInfo, itemsize
-from .graphutil import is_standard, subgraphs
+from .graphutil import is_standard, skeleton, subgraphs
 
 # ORT kernel facts (ORT 1.31.1 CPU) are rows of the op registry (`ops.py`): views (`alias`, measured:
 # no allocation at the node; Dropout/Identity are removed by the optimizer, the same for memory),
@@ -114,12 +114,10 @@ class _OrtInfo:
 
 
 def _info(graph: Graph) -> _OrtInfo:
-    """The facts of `graph`, computed on first use and kept on the graph object."""
-    info = graph.__dict__.get("_ort_info")
-    if info is None:
-        info = _OrtInfo(graph)
-        graph.__dict__["_ort_info"] = info
-    return info
+    """The facts of `graph`, computed on first use and kept in its session."""
+    if graph.session.ort is None:
+        graph.session.ort = _OrtInfo(graph)
+    return graph.session.ort
 
 
 def _ort_shapes(graph: Graph) -> dict[str, tuple] | None:
@@ -154,40 +152,33 @@ def _ort_shapes(graph: Graph) -> dict[str, tuple] | None:
 
 
 def _skeleton(graph: Graph) -> onnx.ModelProto:
-    src = graph.model
-    m = onnx.ModelProto()
-    m.ir_version = src.ir_version
-    m.opset_import.extend(src.opset_import)
+    """The weightless skeleton ORT infers on: ReshapeFusion's constant targets put in, big weights
+    as inputs, every other input dim a symbol named by its value, every tensor a graph output."""
+    m, stripped = skeleton(graph.model)
     g = m.graph
-    g.node.extend(src.graph.node)
-    g.value_info.extend(src.graph.value_info)
     for k, target in _reshape_fusion(graph).items():
         name = f"__reshape_fusion_{k}"
         g.initializer.append(onnx.helper.make_tensor(name, onnx.TensorProto.INT64, [len(target)], target))
         g.node[k].input[1] = name
-    inits = set()
-    for t in src.graph.initializer:
-        inits.add(t.name)
-        if t.data_location != onnx.TensorProto.EXTERNAL and math.prod(t.dims) <= 1 << 16:
-            g.initializer.append(t)
-        else:
-            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    for vi in src.graph.input:
-        if vi.name in inits:
-            continue
-        v = g.input.add()
-        v.CopyFrom(vi)
+    inits = set(graph.initializers)
+    weights = [vi for vi in g.input if vi.name in stripped]
+    kept = [vi for vi in g.input if vi.name not in inits]
+    del g.input[:]
+    g.input.extend(weights + kept)  # small initializers listed as inputs too (IR < 4) stay initializers only
+    for v in g.input[len(weights):]:
         if v.type.HasField("tensor_type"):
             for d in v.type.tensor_type.shape.dim:
                 if d.HasField("dim_value"):
                     d.dim_param = f"{_SYM}{d.dim_value}"
+    graph_outputs = list(g.output)
+    del g.output[:]
     seen = set()
-    for n in src.graph.node:
+    for n in g.node:
         for o in n.output:
             if o and o not in seen:
                 seen.add(o)
                 g.output.add().name = o
-    for o in src.graph.output:
+    for o in graph_outputs:
         if o.name not in seen:
             g.output.add().CopyFrom(o)
     return m
@@ -320,62 +311,70 @@ def _fusion_groups(graph: Graph, folded: set[str], sym: dict[str, tuple] | None 
 
     Returns (absorbed node -> the input whose buffer its output stands for, node -> extra scratch
     bytes). An absorbed node allocates nothing and keeps its input alive until the fused node
-    runs. Each pattern was checked against the nodes and tensors left in ORT's optimized model
-    (SessionOptions.optimized_model_filepath) of the models under models/:
-
-    * MatMulScaleFusion: MatMul followed by Mul/Div by a scalar, or fed by a Mul by a scalar ->
-      FusedMatMul; the scaled tensor never exists;
-    * MatmulTransposeFusion: a Transpose swapping the last two axes, read only by a MatMul;
-    * Gelu (Erf form), FastGelu (Tanh form, GPT-2), QuickGelu (x*Sigmoid(a*x), SiLU): the
-      element-wise island between x and the result becomes one node with one output buffer;
-    * BiasGelu / FastGelu with bias: an Add of a 1-D constant read only by the activation is
-      absorbed; the fused kernel holds an output-sized temporary (measured: 1.0 x output);
-    * SkipLayerNormalization: an Add of two 3-D tensors whose shapes ORT knows to be equal, read
-      only by a LayerNormalization (and an Add of a 1-D bias feeding it), is absorbed.
+    runs. Each pattern (a method of `_Fusions`) was checked against the nodes and tensors left in
+    ORT's optimized model (SessionOptions.optimized_model_filepath) of the models under models/.
+    Patterns are tried node by node in graph order, MatMulScaleFusion last over the whole graph.
     """
-    nodes = graph.nodes
-    fused: dict[int, int] = {}
-    scratch: dict[int, int] = {}
-    taken: set[int] = set()  # results of fused nodes: not available to a later pattern
+    f = _Fusions(graph, folded, sym)
+    for n in graph.nodes:
+        pattern = _Fusions.BY_ANCHOR.get(n.op_type)
+        if pattern is not None:
+            pattern(f, n)
+    for n in graph.nodes:
+        f.matmul_scale(n)
+    return f.fused, f.scratch
 
-    def is_const(t: str) -> bool:
-        return t in folded or t in graph.initializers
 
-    def producer(t: str) -> Node | None:
-        p = graph.producer.get(t)
-        return nodes[p] if p is not None else None
+class _Fusions:
+    """The fusions found so far and the graph queries the patterns share."""
 
-    def only_reader(t: str) -> int | None:
-        c = graph.consumers.get(t, [])
-        return c[0] if len(c) == 1 and t not in graph.output_names else None
+    def __init__(self, graph: Graph, folded: set[str], sym: dict[str, tuple] | None):
+        self.graph, self.folded, self.sym = graph, folded, sym
+        self.nodes = graph.nodes
+        self.fused: dict[int, int] = {}
+        self.scratch: dict[int, int] = {}
+        self.taken: set[int] = set()  # results of fused nodes: not available to a later pattern
 
-    def same_shape(a: str, b: str):
+    # --- queries
+    def is_const(self, t: str) -> bool:
+        return t in self.folded or t in self.graph.initializers
+
+    def producer(self, t: str) -> Node | None:
+        p = self.graph.producer.get(t)
+        return self.nodes[p] if p is not None else None
+
+    def only_reader(self, t: str) -> int | None:
+        c = self.graph.consumers.get(t, [])
+        return c[0] if len(c) == 1 and t not in self.graph.output_names else None
+
+    def same_shape(self, a: str, b: str):
         """The shape of a and b when ORT can tell they are equal (named dims, pairwise the same)."""
-        if sym is None:
-            sa = graph.shape(a)
-            return sa if sa and sa == graph.shape(b) else None
-        sa, sb = sym.get(a), sym.get(b)
+        if self.sym is None:
+            sa = self.graph.shape(a)
+            return sa if sa and sa == self.graph.shape(b) else None
+        sa, sb = self.sym.get(a), self.sym.get(b)
         return sa if sa and sa == sb and None not in sa else None
 
-    def absorb(n: Node) -> None:
-        fused[n.index] = next((k for k, i in enumerate(n.inputs) if i and not is_const(i)), 0)
+    def absorb(self, n: Node) -> None:
+        self.fused[n.index] = next((k for k, i in enumerate(n.inputs) if i and not self.is_const(i)), 0)
 
-    def bias_add(t: str, readers: set[int]) -> bool:
+    def bias_add(self, t: str, readers: set[int]) -> bool:
         """t = Add(data, 1-D constant) read only by `readers`: absorbed as the fused node's bias."""
-        p = producer(t)
-        if p is None or p.op_type != "Add" or p.index in fused or t in graph.output_names \
-                or not set(graph.consumers.get(t, [])) <= readers:
+        g = self.graph
+        p = self.producer(t)
+        if p is None or p.op_type != "Add" or p.index in self.fused or t in g.output_names \
+                or not set(g.consumers.get(t, [])) <= readers:
             return False
-        cst = [i for i in p.inputs if is_const(i)]
-        if len(p.inputs) != 2 or len(cst) != 1 or len(graph.shape(cst[0]) or ()) != 1:
+        cst = [i for i in p.inputs if self.is_const(i)]
+        if len(p.inputs) != 2 or len(cst) != 1 or len(g.shape(cst[0]) or ()) != 1:
             return False
-        absorb(p)
+        self.absorb(p)
         return True
 
-    def elementwise(n: Node) -> bool:
-        return ops.info(n).gelu_island and all(not i or not is_const(i) or _scalar_const(graph, i) for i in n.inputs)
+    def elementwise(self, n: Node) -> bool:
+        return ops.info(n).gelu_island and all(not i or not self.is_const(i) or _scalar_const(self.graph, i) for i in n.inputs)
 
-    def island(anchor: Node) -> tuple[str, list[Node]] | None:
+    def island(self, anchor: Node) -> tuple[str, list[Node]] | None:
         """The element-wise nodes computing f(x) around `anchor`: (x, nodes in order)."""
         members = {anchor.index}
         roots: set[str] = set()
@@ -383,101 +382,123 @@ def _fusion_groups(graph: Graph, folded: set[str], sym: dict[str, tuple] | None 
         while todo:  # backwards to the one non-constant root x
             n = todo.pop()
             for i in n.inputs:
-                p = producer(i) if i and not is_const(i) else None
-                if p is not None and p.index not in members and elementwise(p) and only_reader(i) == n.index \
+                p = self.producer(i) if i and not self.is_const(i) else None
+                if p is not None and p.index not in members and self.elementwise(p) and self.only_reader(i) == n.index \
                         and anchor.index - p.index <= 8:
                     members.add(p.index)
                     todo.append(p)
-                elif i and not is_const(i) and (p is None or p.index not in members):
+                elif i and not self.is_const(i) and (p is None or p.index not in members):
                     roots.add(i)
         if len(roots) != 1:
             return None
         x = roots.pop()
         last = anchor
         while True:  # forwards while the result stays a function of x alone
-            c = only_reader(last.outputs[0])
-            if c is None or not elementwise(nodes[c]) or c - anchor.index > 8:
+            c = self.only_reader(last.outputs[0])
+            if c is None or not self.elementwise(self.nodes[c]) or c - anchor.index > 8:
                 break
-            side = []
-            for i in nodes[c].inputs:
-                if not i or is_const(i) or i == x or i == last.outputs[0]:
-                    continue
-                p = producer(i)  # a side branch such as x*0.5
-                if p is None or p.index in members or not elementwise(p) or x not in p.inputs or only_reader(i) != c \
-                        or any(j and not is_const(j) and j != x for j in p.inputs):
-                    side = None
-                    break
-                side.append(p.index)
+            side = self._side_branch(self.nodes[c], x, last, members)
             if side is None:
                 break
             members.update(side)
             members.add(c)
-            last = nodes[c]
-        ordered = [nodes[k] for k in sorted(members)]
-        inner = {k for k in members if k != last.index}
-        for k in inner:  # nothing but the result may leave the island
-            if any(c not in members for o in nodes[k].outputs if o for c in graph.consumers.get(o, [])) \
-                    or any(o in graph.output_names for o in nodes[k].outputs):
+            last = self.nodes[c]
+        ordered = [self.nodes[k] for k in sorted(members)]
+        for k in members - {last.index}:  # nothing but the result may leave the island
+            if any(c not in members for o in self.nodes[k].outputs if o for c in self.graph.consumers.get(o, [])) \
+                    or any(o in self.graph.output_names for o in self.nodes[k].outputs):
                 return None
         return x, ordered
 
-    for n in nodes:
-        op = n.op_type
-        if op in ("Erf", "Tanh"):
-            found = island(n)
-            if found is not None and len(found[1]) >= (5 if op == "Erf" else 7):
-                x, ordered = found
-                for m in ordered[:-1]:
-                    absorb(m)
-                taken.add(ordered[-1].index)
-                if bias_add(x, {m.index for m in ordered}):  # BiasGelu / FastGelu with bias
-                    scratch[ordered[-1].index] = graph.nbytes(ordered[-1].outputs[0])
-        elif op == "Sigmoid":  # QuickGelu: Mul(x, Sigmoid(x)) or Mul(x, Sigmoid(Mul(x, alpha)))
-            x, pre = n.inputs[0], producer(n.inputs[0])
-            if pre is not None and pre.op_type == "Mul" and only_reader(x) == n.index and any(_scalar_const(graph, i) for i in pre.inputs):
-                x = next((i for i in pre.inputs if not is_const(i)), x)
-            else:
-                pre = None
-            c = only_reader(n.outputs[0])
-            if c is not None and nodes[c].op_type == "Mul" and x in nodes[c].inputs:
-                if pre is not None:
-                    absorb(pre)
-                fused[n.index] = 0
-                taken.add(c)
-        elif op == "Gelu":
-            if bias_add(n.inputs[0], {n.index}):
-                scratch[n.index] = graph.nbytes(n.outputs[0])
-        elif op == "LayerNormalization":
-            t = n.inputs[0]
-            p = producer(t)
-            if p is None or p.op_type != "Add" or only_reader(t) != n.index or p.index in fused or len(p.inputs) != 2:
+    def _side_branch(self, c: Node, x: str, last: Node, members: set[int]) -> list[int] | None:
+        """Producers of `c`'s other inputs when each is an element-wise f(x) (such as x*0.5), else None."""
+        side = []
+        for i in c.inputs:
+            if not i or self.is_const(i) or i == x or i == last.outputs[0]:
                 continue
-            shape = same_shape(p.inputs[0], p.inputs[1])
-            if not shape or len(shape) != 3 or any(is_const(i) for i in p.inputs) or n.attr("axis", -1) not in (-1, 2):
-                continue
-            fused[p.index] = 0
-            for i in p.inputs:  # Add(MatMul, bias) before it becomes the SkipLayerNormalization bias
-                if bias_add(i, {p.index}):
-                    break
-        elif op == "Transpose":
-            perm = list(n.attr("perm") or [])
-            c = only_reader(n.outputs[0])
-            if len(perm) >= 2 and perm == list(range(len(perm) - 2)) + [len(perm) - 1, len(perm) - 2] \
-                    and c is not None and nodes[c].op_type == "MatMul" and not is_const(n.inputs[0]):
-                fused[n.index] = 0
-    for n in nodes:  # MatMulScaleFusion (a Mul already inside an island is left alone)
-        if n.op_type not in ("Mul", "Div") or len(n.inputs) != 2 or n.index in fused or n.index in taken:
-            continue
+            p = self.producer(i)
+            if p is None or p.index in members or not self.elementwise(p) or x not in p.inputs or self.only_reader(i) != c.index \
+                    or any(j and not self.is_const(j) and j != x for j in p.inputs):
+                return None
+            side.append(p.index)
+        return side
+
+    # --- patterns, one per ORT fusion
+    def gelu(self, n: Node) -> None:
+        """Gelu (Erf form) and FastGelu (Tanh form, GPT-2): the element-wise island between x and
+        the result becomes one node with one output buffer; with an Add of a 1-D constant read
+        only by it (BiasGelu / FastGelu with bias) the fused kernel also holds an output-sized
+        temporary (measured: 1.0 x output)."""
+        found = self.island(n)
+        if found is None or len(found[1]) < (5 if n.op_type == "Erf" else 7):
+            return
+        x, ordered = found
+        for m in ordered[:-1]:
+            self.absorb(m)
+        self.taken.add(ordered[-1].index)
+        if self.bias_add(x, {m.index for m in ordered}):
+            self.scratch[ordered[-1].index] = self.graph.nbytes(ordered[-1].outputs[0])
+
+    def quick_gelu(self, n: Node) -> None:
+        """QuickGelu: Mul(x, Sigmoid(x)) or Mul(x, Sigmoid(Mul(x, alpha))) (SiLU)."""
+        x, pre = n.inputs[0], self.producer(n.inputs[0])
+        if pre is not None and pre.op_type == "Mul" and self.only_reader(x) == n.index \
+                and any(_scalar_const(self.graph, i) for i in pre.inputs):
+            x = next((i for i in pre.inputs if not self.is_const(i)), x)
+        else:
+            pre = None
+        c = self.only_reader(n.outputs[0])
+        if c is not None and self.nodes[c].op_type == "Mul" and x in self.nodes[c].inputs:
+            if pre is not None:
+                self.absorb(pre)
+            self.fused[n.index] = 0
+            self.taken.add(c)
+
+    def bias_gelu(self, n: Node) -> None:
+        """BiasGelu: an Add of a 1-D constant read only by a Gelu (output-sized scratch)."""
+        if self.bias_add(n.inputs[0], {n.index}):
+            self.scratch[n.index] = self.graph.nbytes(n.outputs[0])
+
+    def skip_layer_norm(self, n: Node) -> None:
+        """SkipLayerNormalization: an Add of two 3-D tensors whose shapes ORT knows to be equal,
+        read only by a LayerNormalization (and an Add of a 1-D bias feeding it), is absorbed."""
+        t = n.inputs[0]
+        p = self.producer(t)
+        if p is None or p.op_type != "Add" or self.only_reader(t) != n.index or p.index in self.fused or len(p.inputs) != 2:
+            return
+        shape = self.same_shape(p.inputs[0], p.inputs[1])
+        if not shape or len(shape) != 3 or any(self.is_const(i) for i in p.inputs) or n.attr("axis", -1) not in (-1, 2):
+            return
+        self.fused[p.index] = 0
+        for i in p.inputs:  # Add(MatMul, bias) before it becomes the SkipLayerNormalization bias
+            if self.bias_add(i, {p.index}):
+                break
+
+    def matmul_transpose(self, n: Node) -> None:
+        """MatmulTransposeFusion: a Transpose swapping the last two axes, read only by a MatMul."""
+        perm = list(n.attr("perm") or [])
+        c = self.only_reader(n.outputs[0])
+        if len(perm) >= 2 and perm == list(range(len(perm) - 2)) + [len(perm) - 1, len(perm) - 2] \
+                and c is not None and self.nodes[c].op_type == "MatMul" and not self.is_const(n.inputs[0]):
+            self.fused[n.index] = 0
+
+    def matmul_scale(self, n: Node) -> None:
+        """MatMulScaleFusion: MatMul followed by Mul/Div by a scalar, or fed by a Mul by a scalar
+        -> FusedMatMul; the scaled tensor never exists (a Mul already in an island is left alone)."""
+        if n.op_type not in ("Mul", "Div") or len(n.inputs) != 2 or n.index in self.fused or n.index in self.taken:
+            return
         for k in (0, 1) if n.op_type == "Mul" else (0,):
             data, other = n.inputs[k], n.inputs[1 - k]
-            if not _scalar_const(graph, other) or is_const(data):
+            if not _scalar_const(self.graph, other) or self.is_const(data):
                 continue
-            p, c = producer(data), only_reader(n.outputs[0])
-            if (p is not None and p.op_type == "MatMul" and only_reader(data) == n.index) or \
-                    (n.op_type == "Mul" and c is not None and nodes[c].op_type == "MatMul"):
-                fused[n.index] = k
-                break
-    return fused, scratch
+            p, c = self.producer(data), self.only_reader(n.outputs[0])
+            if (p is not None and p.op_type == "MatMul" and self.only_reader(data) == n.index) or \
+                    (n.op_type == "Mul" and c is not None and self.nodes[c].op_type == "MatMul"):
+                self.fused[n.index] = k
+                return
+
+    BY_ANCHOR = {"Erf": gelu, "Tanh": gelu, "Sigmoid": quick_gelu, "Gelu": bias_gelu,
+                 "LayerNormalization": skip_layer_norm, "Transpose": matmul_transpose}
 
 
 # --- kernel scratch ----------------------------------------------------------------------------
@@ -552,12 +573,20 @@ def graph_steps(graph: Graph) -> list[Step]:
     return [node_step(graph, n, fused) for n in graph.nodes]
 
 
-def liveness(steps: list[Step], sizes: dict[str, int], inputs: list[str], outputs: list[str], external=lambda t: False,
-             named: bool | None = None):
-    """ORT's allocation planner replayed over `steps`, in their order.
+@dataclass
+class Liveness:
+    """What ORT's allocation planner holds over a step list."""
 
-    Returns (peak, peak step index, tensors holding a buffer at the peak (largest first), bytes
-    while each step runs, bytes after each step). `inputs` (fed by the caller) are never written
+    peak: int
+    peak_index: int  # the step where it peaks (-1: no step)
+    live_at_peak: list[str]  # tensors holding a buffer at the peak, largest first
+    timeline: list[int]  # bytes while each step runs
+    after: list[int]  # bytes once each step freed its inputs
+
+
+def liveness(steps: list[Step], sizes: dict[str, int], inputs: list[str], outputs: list[str], external=lambda t: False,
+             named: bool | None = None) -> Liveness:
+    """ORT's allocation planner replayed over `steps`, in their order. `inputs` (fed by the caller) are never written
     nor counted; `outputs` get buffers of their own, held to the end. Tensors no step produces
     (weights, outer scope, `external`) have no buffer here. `named`: share buffers only between
     shapes ORT can name (a model's graph); a chunk loop's body (no inputs: the default there) has
@@ -654,7 +683,7 @@ def liveness(steps: list[Step], sizes: dict[str, int], inputs: list[str], output
             if start[r] <= peak_i <= e:
                 names.append(max((po for po in held[r] if po[0] <= peak_i), default=held[r][0])[1])
         names.sort(key=lambda t: (-rbytes[root[t]], t))
-    return peak, peak_i, names, timeline, after
+    return Liveness(peak, peak_i, names, timeline, after)
 
 
 def estimate_steps(graph: Graph, steps: list[Step], producer_name: dict[str, str] | None = None) -> Estimate:
@@ -667,8 +696,8 @@ def estimate_steps(graph: Graph, steps: list[Step], producer_name: dict[str, str
     weights = graph.initializers
     folded = facts.folded
     inputs = list(graph.input_names)
-    peak, pi, roots, timeline, after = liveness(steps, sizes, inputs, graph.output_names,
-                                                external=lambda t: t in weights or t in folded)
+    lv = liveness(steps, sizes, inputs, graph.output_names, external=lambda t: t in weights or t in folded)
+    peak, pi, roots, timeline, after = lv.peak, lv.peak_index, lv.live_at_peak, lv.timeline, lv.after
     if producer_name is None:
         producer_name = {o: s.name for s in steps for o in s.outputs}
     live = []
@@ -715,6 +744,6 @@ def subgraph_peak(graph: Graph, node: Node) -> int:
             st.inplace = facts.inplace and bool(ins) and keys.get(ins[0]) is not None and keys.get(ins[0]) == keys.get(outs[0] if outs else None)
             steps.append(st)
         inner = {o for n in body.node for o in n.output}
-        peak, *_ = liveness(steps, sizes, inputs=[], outputs=[o.name for o in body.output], external=lambda t: t not in inner)
-        best = max(best, peak)
+        lv = liveness(steps, sizes, inputs=[], outputs=[o.name for o in body.output], external=lambda t: t not in inner)
+        best = max(best, lv.peak)
     return best

@@ -7,14 +7,13 @@ candidate lowers the peak any more: then the budget is unreachable and we say ho
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
-from .chunkflow import Region
 from .costmodel import loop_cost, model_time
 from .peak import Estimate, estimate_graph, fusions
 from .graph import Graph
-from .schedule import body_peak_fn, dead_nodes, estimate_plan, region_step
+from .plan import Loop, Plan, portable
+from .schedule import body_peak_fn, dead_nodes, estimate_plan, loop_step
 from .search import candidates
 from .select import MAX_ITERATIONS, QuickCost, balanced, choose, largest_fitting
 
@@ -22,42 +21,29 @@ MAX_STAGES = 256
 TRY_PER_STAGE = 4
 
 
-@dataclass
-class Plan:
-    """The regions to chunk and what the estimate predicts for them."""
-
-    budget: int
-    original: Estimate
-    final: Estimate
-    regions: list[Region] = field(default_factory=list)
-    predicted_slowdown: float = 0.0
-    fits: bool = False
-    search_s: float = 0.0
-    stages: int = 0
-
-
-def plan(graph: Graph, budget: int, original: Estimate | None = None,
-         allow: Callable[[Region], bool] | None = None) -> Plan:
-    """Multi-stage plan for `budget` bytes; `allow` vetoes regions (e.g. not portable to other lengths)."""
+def plan(graph: Graph, budget: int, original: Estimate | None = None, portable_only: bool = False) -> Plan:
+    """Multi-stage plan for `budget` bytes. `portable_only`: plan only loops that stay right at
+    other input sizes (judged on the shapes at a second pinning, `graph.session.dynamic`)."""
     t0 = time.perf_counter()
     fused = fusions(graph)
     original = original or estimate_graph(graph)
     model_s = model_time(graph)
-    regions: list[Region] = []
-    est, order = estimate_plan(graph, regions, fused)
+    loops: list[Loop] = []
+    est, order = estimate_plan(graph, loops, fused)
     stages = 0
     while est.peak_bytes > budget and stages < MAX_STAGES:
         stages += 1
-        shrunk = _shrink_peak_loop(graph, regions, est, order, budget, fused)
+        shrunk = _shrink_peak_loop(graph, loops, est, order, budget, fused)
         if shrunk is not None:
-            est, order = shrunk
+            est, order, loops = shrunk
             continue
+        regions = [lp.region for lp in loops]
         opaque = {n.index for r in regions for n in r.owned} | dead_nodes(graph, regions)
         at = order[est.peak_index] if 0 <= est.peak_index < len(order) else None
         kept = frozenset(t for r in regions for t in r.inputs)  # what earlier loops read from outside
         cands = candidates(graph, est, opaque, at if isinstance(at, int) else None, kept)
-        if allow is not None:
-            cands = [r for r in cands if allow(r)]
+        if portable_only:
+            cands = [r for r in cands if portable(graph, r, graph.session.dynamic or {})]
         if not cands:
             break
         quick = QuickCost(graph, est, order, fused, regions)
@@ -68,83 +54,81 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None,
             # memory where it acts and raise it nowhere.
             if ch.predicted_peak >= min(est.peak_bytes, ch.replaced_peak):
                 continue
-            ch.region.chunk = ch.chunk
+            tried = loops + [Loop(ch.region, ch.chunk)]
             try:
-                new_est, new_order = estimate_plan(graph, regions + [ch.region], fused)
+                new_est, new_order = estimate_plan(graph, tried, fused)
             except ValueError:  # the loops would depend on each other in a cycle
                 continue
             if new_est.peak_bytes <= est.peak_bytes and (best is None or new_est.peak_bytes < best[1].peak_bytes):
-                best = (ch.region, new_est, new_order)
+                best = (tried, new_est, new_order)
                 if ch.fits:
                     break
         if best is None:
             break
-        regions.append(best[0])
-        est, order = best[1], best[2]
-    if regions:
-        est, order = retune(graph, regions, est, order, budget if est.peak_bytes <= budget else est.peak_bytes, fused)
-    slow = sum(loop_cost(graph, r, r.chunk).extra_s for r in regions) / model_s if regions else 0.0
-    return Plan(budget=budget, original=original, final=est, regions=regions, predicted_slowdown=slow,
-                fits=est.peak_bytes <= budget, search_s=time.perf_counter() - t0, stages=stages)
+        loops, est, order = best
+    if loops:
+        est, order, loops = retune(graph, loops, est, order, budget if est.peak_bytes <= budget else est.peak_bytes, fused)
+    slow = sum(loop_cost(graph, lp.region, lp.chunk).extra_s for lp in loops) / model_s if loops else 0.0
+    return Plan(budget=budget, original=original, final=est, loops=tuple(loops), order=tuple(order),
+                dropped=frozenset(dead_nodes(graph, [lp.region for lp in loops])) if loops else frozenset(),
+                predicted_slowdown=slow, fits=est.peak_bytes <= budget, search_s=time.perf_counter() - t0, stages=stages)
 
 
-def retune(graph: Graph, regions: list[Region], est: Estimate, order: list, limit: int, fused) -> tuple[Estimate, list]:
+def retune(graph: Graph, loops: list[Loop], est: Estimate, order: list, limit: int, fused) -> tuple[Estimate, list, list[Loop]]:
     """Grow each loop's chunk as far as the final plan allows.
 
     A stage picks its chunk while memory chunked by later stages (or recomputed away) is still
     live, so early loops end up with smaller chunks than they need. Only the loop's own step
     depends on its chunk, so each one is raised to the largest chunk whose step stays <= limit.
+    Returns (estimate, order, loops): the grown plan, or the given one when it would not fit.
     """
-    old = [r.chunk for r in regions]
     pos = {id(it): k for k, it in enumerate(order)}
-    for r in regions:
-        f = _step_fn(graph, r, est.timeline[pos[id(r)]].live_bytes, fused)
-        c = largest_fitting(f, r.chunk, max(r.chunk, r.units - 1), limit)
-        if c is not None and c > r.chunk:
-            r.chunk = max(r.chunk, balanced(r.units, c))
-    if [r.chunk for r in regions] == old:
-        return est, order
-    new_est, new_order = estimate_plan(graph, regions, fused)
+    grown = []
+    for lp in loops:
+        r = lp.region
+        f = _step_fn(graph, lp, est.timeline[pos[id(lp)]].live_bytes, fused)
+        c = largest_fitting(f, lp.chunk, max(lp.chunk, r.units - 1), limit)
+        chunk = max(lp.chunk, balanced(r.units, c)) if c is not None and c > lp.chunk else lp.chunk
+        grown.append(Loop(r, chunk) if chunk != lp.chunk else lp)
+    if all(a is b for a, b in zip(grown, loops)):
+        return est, order, loops
+    new_est, new_order = estimate_plan(graph, grown, fused)
     if new_est.peak_bytes > limit:
-        for r, c in zip(regions, old):
-            r.chunk = c
-        return est, order
-    return new_est, new_order
+        return est, order, loops
+    return new_est, new_order, grown
 
 
-def _shrink_peak_loop(graph: Graph, regions: list[Region], est: Estimate, order: list, budget: int, fused):
+def _shrink_peak_loop(graph: Graph, loops: list[Loop], est: Estimate, order: list, budget: int, fused):
     """When the peak is a loop's own step, lower that loop's chunk (to fit, or as far as it helps).
 
-    Returns the new (estimate, order), or None when the peak is not a loop or shrinking gains
-    nothing."""
-    it = order[est.peak_index] if 0 <= est.peak_index < len(order) else None
-    if not isinstance(it, Region) or it.chunk <= 1:
+    Returns the new (estimate, order, loops), or None when the peak is not a loop or shrinking
+    gains nothing."""
+    lp = order[est.peak_index] if 0 <= est.peak_index < len(order) else None
+    if not isinstance(lp, Loop) or lp.chunk <= 1:
         return None
-    r = it
-    f = _step_fn(graph, r, est.timeline[est.peak_index].live_bytes, fused)
+    r = lp.region
+    f = _step_fn(graph, lp, est.timeline[est.peak_index].live_bytes, fused)
     c_min = max(1, -(-r.units // MAX_ITERATIONS))
-    c = largest_fitting(f, c_min, r.chunk - 1, budget)
+    c = largest_fitting(f, c_min, lp.chunk - 1, budget)
     if c is None:
         floor = f(c_min)
-        if floor >= f(r.chunk) * 0.98:
+        if floor >= f(lp.chunk) * 0.98:
             return None
-        c = largest_fitting(f, c_min, r.chunk - 1, int(floor * 1.02) + 1) or c_min
+        c = largest_fitting(f, c_min, lp.chunk - 1, int(floor * 1.02) + 1) or c_min
     c = balanced(r.units, c)
-    if c >= r.chunk:
+    if c >= lp.chunk:
         return None
-    old = r.chunk
-    r.chunk = c
-    new_est, new_order = estimate_plan(graph, regions, fused)
+    shrunk = [Loop(r, c) if x is lp else x for x in loops]
+    new_est, new_order = estimate_plan(graph, shrunk, fused)
     if new_est.peak_bytes >= est.peak_bytes:
-        r.chunk = old
         return None
-    return new_est, new_order
+    return new_est, new_order, shrunk
 
 
-def _step_fn(graph: Graph, r: Region, step_bytes: int, fused) -> Callable[[int], int]:
+def _step_fn(graph: Graph, lp: Loop, step_bytes: int, fused) -> Callable[[int], int]:
     """chunk -> bytes of the loop's step in the plan, given its bytes now (`step_bytes`): only
     the loop's own scratch changes with its chunk."""
-    fixed = step_bytes - region_step(graph, r, fused).extra_bytes
-    out_total = sum(graph.nbytes(t) for t in r.outputs)
-    bp = body_peak_fn(graph, r, fused)
+    fixed = step_bytes - loop_step(graph, lp, fused).extra_bytes
+    out_total = sum(graph.nbytes(t) for t in lp.region.outputs)
+    bp = body_peak_fn(graph, lp.region, fused)
     return lambda c: fixed + max(bp(c), out_total)

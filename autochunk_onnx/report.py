@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .compare import format_diffs
 from .peak import Estimate
-from .planner import Plan
+from .plan import Plan
 
 
 def fmt_bytes(n: int | float) -> str:
@@ -39,12 +39,13 @@ def estimate_json(est: Estimate) -> dict:
 
 def plan_json(p: Plan) -> dict:
     regions = []
-    for r in p.regions:
+    for lp in p.loops:
+        r = lp.region
         cut = r.cuts[r.end]
         regions.append({
             "end_tensor": r.end, "nodes": [n.name for n in r.owned], "first_node": r.owned[0].name,
             "last_node": r.owned[-1].name, "recomputed_nodes": [n.name for n in r.body if n.index in r.clones],
-            "chunk_axis": cut.axis, "units": r.units, "chunk_size": r.chunk, "chunks": r.iterations,
+            "chunk_axis": cut.axis, "units": r.units, "chunk_size": lp.chunk, "chunks": lp.iterations,
             "sliced_inputs": [{"tensor": t, "axis": c.axis} for t, c in r.slices],
             "whole_inputs": list(r.outer_reads), "outputs": list(r.outputs),
         })
@@ -63,11 +64,12 @@ def plan_text(p: Plan) -> str:
         f"  estimated peak {fmt_bytes(p.original.peak_bytes)} -> {fmt_bytes(p.final.peak_bytes)} ({ratio:.1%}), "
         f"budget {fmt_bytes(p.budget)}: {'fits' if p.fits else 'OVER BUDGET'}; predicted slowdown {p.predicted_slowdown:+.1%}",
     ]
-    for k, r in enumerate(p.regions):
+    for k, lp in enumerate(p.loops):
+        r = lp.region
         cut = r.cuts[r.end]
         own = r.owned
         lines.append(f"  [{k}] {len(own):3d} nodes {own[0].name} .. {own[-1].name}")
-        lines.append(f"       dim {cut.axis} of {r.end}: {r.units} -> chunks of {r.chunk} x {r.iterations}; "
+        lines.append(f"       dim {cut.axis} of {r.end}: {r.units} -> chunks of {lp.chunk} x {lp.iterations}; "
                      f"sliced {', '.join(t for t, _ in r.slices) or '-'}")
         if r.clones:
             names = [n.name for n in r.body if n.index in r.clones]

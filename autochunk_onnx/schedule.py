@@ -1,17 +1,17 @@
 """Execution order and memory estimate of a graph with some regions turned into chunk loops.
 
-A planned region stands in the order as one step (the Loop), placed by a stable topological sort
-keyed on the original node order; its transient memory is the body's peak at its chunk size.
+A planned loop stands in the order as one step, placed by a stable topological sort keyed on the
+original node order; its transient memory is the body's peak at its chunk size.
 """
 from __future__ import annotations
-
-import heapq
 
 from . import kernels, ops
 from .chunkflow import Region
 from .peak import Estimate, Step, estimate_steps, fusions, liveness, node_step
-from .kernels import einsum_scratch
 from .graph import Graph, itemsize
+from .graphutil import stable_toposort
+from .kernels import einsum_scratch
+from .plan import Loop
 
 
 def body_peak(graph: Graph, region: Region, chunk: int, fused: dict[int, int] | None = None) -> int:
@@ -59,8 +59,7 @@ def _body_timeline(graph: Graph, region: Region, chunk: int, fused: dict[int, in
             if o:
                 sizes[o] = int(graph.nbytes(o) * frac) if o in region.cuts else graph.nbytes(o)
     # each chunk of a loop output is copied into the sequence: keep it to the end of the body
-    _, _, _, timeline, _ = liveness(steps, sizes, inputs=[], outputs=list(region.outputs),
-                                    external=lambda t: t not in sizes)
+    timeline = liveness(steps, sizes, inputs=[], outputs=list(region.outputs), external=lambda t: t not in sizes).timeline
     return timeline or [0]
 
 
@@ -81,10 +80,13 @@ def _einsum_chunk_scratch(graph: Graph, region: Region, n, chunk: int, whole: in
         return int(whole * frac)
 
 
-def region_step(graph: Graph, region: Region, fused=None) -> Step:
-    out_total = sum(graph.nbytes(t) for t in region.outputs)
-    return Step(f"Loop[{region.end}]", "Loop", region.inputs, list(region.outputs),
-                extra_bytes=max(body_peak(graph, region, region.chunk, fused), out_total))
+def loop_step(graph: Graph, loop: Loop, fused=None) -> Step:
+    """A loop as one step of the plan: it reads its inputs, writes its outputs, and holds the
+    body's peak at its chunk size (or its joined outputs, if larger) while it runs."""
+    r = loop.region
+    out_total = sum(graph.nbytes(t) for t in r.outputs)
+    return Step(f"Loop[{r.end}]", "Loop", r.inputs, list(r.outputs),
+                extra_bytes=max(body_peak(graph, r, loop.chunk, fused), out_total))
 
 
 def reader_counts(graph: Graph, regions: list[Region]) -> dict[str, int]:
@@ -128,55 +130,31 @@ def dead_nodes(graph: Graph, regions: list[Region], counts: dict[str, int] | Non
     return dead
 
 
-def schedule(graph: Graph, regions: list[Region]) -> list[int | Region]:
-    """Stable topological order of plain nodes and region loops (nodes left dead dropped)."""
-    owner: dict[int, Region] = {}
-    for r in regions:
-        for n in r.owned:
-            owner[n.index] = r
+def schedule(graph: Graph, loops: list[Loop]) -> list[int | Loop]:
+    """Stable topological order of plain nodes and loops (a loop keyed on its last node; nodes
+    left dead dropped)."""
+    regions = [lp.region for lp in loops]
+    owned = {n.index for r in regions for n in r.owned}
     dead = dead_nodes(graph, regions) if any(r.clones for r in regions) else set()
-    items: list[int | Region] = [n.index for n in graph.nodes if n.index not in owner and n.index not in dead]
-    items += list(regions)
-    key = {id(it): (it.end_index if isinstance(it, Region) else it) for it in items}
-    outs = {}
-    for it in items:
-        for o in (it.outputs if isinstance(it, Region) else graph.nodes[it].outputs):
-            if o:
-                outs[o] = it
-    deps: dict[int, set] = {id(it): set() for it in items}
-    users: dict[int, list] = {id(it): [] for it in items}
-    for it in items:
-        ins = it.inputs if isinstance(it, Region) else graph.reads(it)
-        for i in ins:
-            p = outs.get(i)
-            if p is not None and p is not it and id(p) not in deps[id(it)]:
-                deps[id(it)].add(id(p))
-                users[id(p)].append(it)
-    ready = [(key[id(it)], n, it) for n, it in enumerate(items) if not deps[id(it)]]
-    heapq.heapify(ready)
-    order = []
-    tie = len(items)
-    while ready:
-        _, _, it = heapq.heappop(ready)
-        order.append(it)
-        for u in users[id(it)]:
-            d = deps[id(u)]
-            d.discard(id(it))
-            if not d:
-                tie += 1
-                heapq.heappush(ready, (key[id(u)], tie, u))
-    if len(order) != len(items):
-        raise ValueError("chunk plan creates a cycle")
-    return order
+    items: list[int | Loop] = [n.index for n in graph.nodes if n.index not in owned and n.index not in dead]
+    items += list(loops)
+    keys = [it.region.end_index if isinstance(it, Loop) else it for it in items]
+    reads = [it.region.inputs if isinstance(it, Loop) else graph.reads(it) for it in items]
+    writes = [it.region.outputs if isinstance(it, Loop) else graph.nodes[it].outputs for it in items]
+    try:
+        return [items[k] for k in stable_toposort(keys, reads, writes)]
+    except ValueError:
+        raise ValueError("chunk plan creates a cycle") from None
 
 
-def plan_steps(graph: Graph, regions: list[Region], fused=None) -> tuple[list[Step], list[int | Region]]:
+def plan_steps(graph: Graph, loops: list[Loop], fused=None) -> tuple[list[Step], list[int | Loop]]:
     fused = fusions(graph) if fused is None else fused
-    order = schedule(graph, regions)
-    steps = [region_step(graph, it, fused) if isinstance(it, Region) else node_step(graph, graph.nodes[it], fused) for it in order]
+    order = schedule(graph, loops)
+    steps = [loop_step(graph, it, fused) if isinstance(it, Loop) else node_step(graph, graph.nodes[it], fused) for it in order]
     return steps, order
 
 
-def estimate_plan(graph: Graph, regions: list[Region], fused=None) -> tuple[Estimate, list[int | Region]]:
-    steps, order = plan_steps(graph, regions, fused)
+def estimate_plan(graph: Graph, loops: list[Loop], fused=None) -> tuple[Estimate, list[int | Loop]]:
+    """The estimate of the graph with `loops` in place, and the order it was made over."""
+    steps, order = plan_steps(graph, loops, fused)
     return estimate_steps(graph, steps), order

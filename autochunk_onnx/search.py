@@ -80,12 +80,12 @@ def candidates(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | N
                 if (e, axis) not in flows:
                     flows[(e, axis)] = trace_flow(graph, order, e, used[0], axis, need[e], opaque, kept)
                 flow = flows[(e, axis)]
-                if flow.mode.get(a) != "CHUNK":
+                if not flow.chunked(a):
                     continue
                 prev_body = None
                 least_read = None  # activation bytes the loop reads, of the last region kept
                 for s in range(a, lo - 1, -1):
-                    if s != a and flow.mode.get(s) != "CHUNK":
+                    if s != a and not flow.chunked(s):
                         continue  # the loop body only changes where a chunked node joins
                     if (e, axis, s) not in regions:
                         regions[(e, axis, s)] = flow.region(s)

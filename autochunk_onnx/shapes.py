@@ -10,68 +10,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 
 import onnx
 
 from . import ops
 from .errors import BadInputError
 from .graph import Graph, TensorInfo
-from .graphutil import is_standard, opset_of
-
-
-# Initializers with more elements than this are never needed for their values by shape
-# inference (shape constants are tiny), so the skeleton declares them as graph inputs instead.
-BIG_INLINE_ELEMS = 1 << 16
-
-
-def _is_big(t: onnx.TensorProto) -> bool:
-    return t.data_location == onnx.TensorProto.EXTERNAL or math.prod(t.dims) > BIG_INLINE_ELEMS
-
-
-def _copy_fields(src, dst, skip: str) -> None:
-    """dst gets every set field of src but `skip` (no copy of the skipped one is ever made)."""
-    for fd, value in src.ListFields():
-        if fd.name == skip:
-            continue
-        repeated = getattr(fd, "is_repeated", None)
-        if repeated is None:  # protobuf < 5
-            repeated = fd.label == fd.LABEL_REPEATED
-        if repeated:
-            getattr(dst, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
-
-
-def skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of `model` without weight data, for shape inference and opset conversion.
-
-    Every external initializer (and every inline one over BIG_INLINE_ELEMS elements) becomes a
-    graph input of the same name, dtype and dims: shapes propagate exactly as before, but no engine
-    can read, copy or serialize the weights (ORT's symbolic inference would otherwise try to read
-    external bias values relative to the current folder, and fail). The skeleton stays small for any
-    model size, so it is far below protobuf's 2 GiB limit. Returns (skeleton, names turned into inputs).
-    """
-    src = model.graph
-    sk = onnx.ModelProto()
-    _copy_fields(model, sk, skip="graph")
-    g = sk.graph
-    _copy_fields(src, g, skip="initializer")
-    declared = {vi.name: vi for vi in g.input}
-    stripped = []
-    for t in src.initializer:
-        if not _is_big(t):
-            g.initializer.append(t)
-            continue
-        stripped.append(t.name)
-        vi = onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-        if t.name in declared:  # IR < 4: initializers are listed as inputs too
-            declared[t.name].CopyFrom(vi)
-        else:
-            g.input.append(vi)
-    return sk, stripped
+from .graphutil import copy_fields, is_standard, opset_of, skeleton  # noqa: F401 - skeleton: shapes.skeleton
 
 
 def _infer_ort(model: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -223,8 +168,8 @@ def _fold(sk: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> tuple[onnx.Mod
     if not folded:
         return None
     out_model = onnx.ModelProto()
-    _copy_fields(sk, out_model, skip="graph")
-    _copy_fields(sk.graph, out_model.graph, skip="node")
+    copy_fields(sk, out_model, skip="graph")
+    copy_fields(sk.graph, out_model.graph, skip="node")
     new_vals = {}
     for k, n in enumerate(sk.graph.node):
         if k in folded:

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from autochunk_onnx.chunkflow import trace_region
 from autochunk_onnx.loader import pin_input_shapes
+from autochunk_onnx.plan import Loop
 from autochunk_onnx.rewrite import rewrite
 from autochunk_onnx.select import largest_fitting
 from autochunk_onnx.shapes import infer_graph
@@ -50,8 +51,7 @@ def _check_units(g, r):
 
 
 def _chunked_equals_whole(model, g, r, chunk, feeds):
-    r.chunk = chunk
-    chunked = rewrite(model, g, [r])
+    chunked = rewrite(model, g, [Loop(r, chunk)])
     assert any(n.op_type == "Loop" for n in chunked.graph.node)
     onnx.checker.check_model(chunked)
     want = _run(model, feeds)

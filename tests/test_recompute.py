@@ -12,6 +12,7 @@ import pytest
 
 from autochunk_onnx import api, chunkflow
 from autochunk_onnx.peak import estimate_graph
+from autochunk_onnx.plan import Loop
 from autochunk_onnx.planner import _shrink_peak_loop, plan, retune
 from autochunk_onnx.rewrite import rewrite
 from autochunk_onnx.schedule import dead_nodes, estimate_plan
@@ -39,11 +40,12 @@ def test_each_layer_recomputes_the_mask_and_the_original_dies(gpt):
     assert p.fits and len(p.regions) >= 2
     recomputed = [r for r in p.regions if r.clones]
     assert len(recomputed) >= 2, "every layer's loop should rebuild its mask chunk"
-    dead = dead_nodes(g, p.regions)
+    dead = dead_nodes(g, list(p.regions))
+    assert dead == p.dropped
     cloned = set().union(*(r.clones for r in recomputed))
     assert dead and dead <= cloned | {g.producer[i] for n in dead for i in g.nodes[n].inputs if i in g.producer}
     # the full-size mask is gone from the rewritten outer graph, but lives on in the loop bodies
-    model = rewrite(gpt.original, g, p.regions)
+    model = rewrite(gpt.original, g, p.loops, p.dropped)
     outer_ops = {n.name for n in model.graph.node}
     assert not any(g.nodes[i].name in outer_ops for i in dead)
     feeds = {"input_ids": np.random.default_rng(0).integers(0, 256, (1, SEQ), dtype=np.int64)}
@@ -69,25 +71,26 @@ def test_shrink_lowers_a_loop_that_holds_the_peak(gpt):
     g = gpt.graph
     est = estimate_graph(g)
     p = plan(g, int(est.peak_bytes * 0.25), est)
-    r = max(p.regions, key=lambda r: r.units)
-    r.chunk = r.units - 1  # as if an early stage had picked it while other memory was live
-    big, order = estimate_plan(g, p.regions)
-    if order[big.peak_index] is not r:
+    lp = max(p.loops, key=lambda lp: lp.region.units)
+    wide = Loop(lp.region, lp.region.units - 1)  # as if an early stage had picked it while other memory was live
+    loops = [wide if x is lp else x for x in p.loops]
+    big, order = estimate_plan(g, loops)
+    if order[big.peak_index] is not wide:
         pytest.skip("the widened loop does not hold the peak in this configuration")
-    out = _shrink_peak_loop(g, p.regions, big, order, p.budget, None)
+    out = _shrink_peak_loop(g, loops, big, order, p.budget, None)
     assert out is not None
-    assert r.chunk < r.units - 1 and out[0].peak_bytes < big.peak_bytes
+    new_est, _, shrunk = out
+    assert shrunk[loops.index(wide)].chunk < wide.chunk and new_est.peak_bytes < big.peak_bytes
 
 
 def test_retune_grows_chunks_within_the_limit(gpt):
     g = gpt.graph
     est = estimate_graph(g)
     p = plan(g, int(est.peak_bytes * 0.25), est)
-    chosen = [r.chunk for r in p.regions]
-    for r in p.regions:
-        r.chunk = max(1, r.chunk // 4)
-    small, order = estimate_plan(g, p.regions)
-    new_est, _ = retune(g, p.regions, small, order, p.budget, None)
+    chosen = [lp.chunk for lp in p.loops]
+    loops = [Loop(lp.region, max(1, lp.chunk // 4)) for lp in p.loops]
+    small, order = estimate_plan(g, loops)
+    new_est, _, grown = retune(g, loops, small, order, p.budget, None)
     assert new_est.peak_bytes <= p.budget
-    assert all(r.chunk >= max(1, c // 4) for r, c in zip(p.regions, chosen))
-    assert any(r.chunk > max(1, c // 4) for r, c in zip(p.regions, chosen))
+    assert all(lp.chunk >= max(1, c // 4) for lp, c in zip(grown, chosen))
+    assert any(lp.chunk > max(1, c // 4) for lp, c in zip(grown, chosen))
