@@ -266,13 +266,16 @@ def gather_elements(g: Graph, n: Node, k: int, axis: int):
 
 
 def same_size_only(g: Graph, n: Node, k: int, axis: int):
-    """Tile/Resize: legal on a dim the op leaves unchanged (Pad has its own rule)."""
+    """Tile: legal on a dim the op leaves unchanged (Pad and Resize have their own rules)."""
     src, dst = _shape(g, n.inputs[0]), _shape(g, n.outputs[0])
     if src[axis] != dst[axis]:
         return MIX
-    if n.op_type == "Resize" and axis >= 2:
-        return MIX  # interpolation reads neighbours
     return [(axis, ONE)] + [None] * (len(n.inputs) - 1)
+
+
+def resize(g: Graph, n: Node, k: int, axis: int):
+    """Legal on batch and channel dims the op leaves unchanged: interpolation reads neighbours."""
+    return MIX if axis >= 2 else same_size_only(g, n, k, axis)
 
 
 def pad(g: Graph, n: Node, k: int, axis: int):

@@ -211,7 +211,7 @@ _ROWS = [
     OpInfo("Gather", rule=R.gather, shape_arith=True, fold=True),
     OpInfo("GatherElements", rule=R.gather_elements),
     OpInfo("Tile", rule=R.same_size_only),
-    OpInfo("Resize", rule=R.same_size_only),
+    OpInfo("Resize", rule=R.resize),
     OpInfo("Pad", rule=R.pad),
     OpInfo("Trilu", rule=R.trilu),
     # reductions
