@@ -13,7 +13,7 @@ from .costmodel import loop_cost, model_time
 from .peak import Estimate, estimate_graph, fusions
 from .graph import Graph
 from .plan import Loop, Plan, portable
-from .schedule import body_peak_fn, dead_nodes, estimate_plan, loop_step
+from .schedule import Readers, body_peak_fn, dead_nodes, estimate_plan, loop_step
 from .search import candidates
 from .select import MAX_ITERATIONS, QuickCost, balanced, choose, largest_fitting
 
@@ -38,7 +38,8 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None, portable_o
             est, order, loops = shrunk
             continue
         regions = [lp.region for lp in loops]
-        opaque = {n.index for r in regions for n in r.owned} | dead_nodes(graph, regions)
+        readers = Readers(graph, regions)
+        opaque = {n.index for r in regions for n in r.owned} | readers.dead
         at = order[est.peak_index] if 0 <= est.peak_index < len(order) else None
         kept = frozenset(t for r in regions for t in r.inputs)  # what earlier loops read from outside
         cands = candidates(graph, est, opaque, at if isinstance(at, int) else None, kept)
@@ -46,7 +47,7 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None, portable_o
             cands = [r for r in cands if portable(graph, r, graph.session.dynamic or {})]
         if not cands:
             break
-        quick = QuickCost(graph, est, order, fused, regions)
+        quick = QuickCost(graph, est, order, fused, readers)
         ranked = choose(graph, cands, quick, budget, model_s)
         best = None
         for ch in ranked[:TRY_PER_STAGE]:

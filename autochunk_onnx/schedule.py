@@ -130,6 +130,22 @@ def dead_nodes(graph: Graph, regions: list[Region], counts: dict[str, int] | Non
     return dead
 
 
+class Readers:
+    """Who still reads what in a plan: reader counts with its loops in place, and the nodes no
+    step reads any more (every reader recomputes them inside a loop)."""
+
+    def __init__(self, graph: Graph, regions: list[Region]):
+        self.graph, self.regions = graph, list(regions)
+        self.counts = reader_counts(graph, self.regions)
+        self.dead = dead_nodes(graph, self.regions, self.counts)
+
+    def dead_with(self, r: Region) -> set[int]:
+        """Nodes that die only once region `r` joins the plan (it recomputes their last reader)."""
+        counts = dict(self.counts)
+        move_reads(self.graph, r, counts)
+        return dead_nodes(self.graph, self.regions + [r], counts) - self.dead
+
+
 def schedule(graph: Graph, loops: list[Loop]) -> list[int | Loop]:
     """Stable topological order of plain nodes and loops (a loop keyed on its last node; nodes
     left dead dropped)."""

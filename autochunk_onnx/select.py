@@ -13,7 +13,7 @@ from .chunkflow import Region
 from .costmodel import loop_cost
 from .peak import Estimate
 from .graph import Graph
-from .schedule import body_peak_fn, dead_nodes, move_reads, reader_counts
+from .schedule import Readers, body_peak_fn
 
 MAX_ITERATIONS = 1024
 
@@ -51,10 +51,8 @@ class Choice:
 class QuickCost:
     """Memory of a candidate's loop step, from the current plan's timeline (no full re-estimate)."""
 
-    def __init__(self, graph: Graph, est: Estimate, order, fused, regions: list[Region] = ()):
-        self.graph, self.est, self.fused, self.regions = graph, est, fused, list(regions)
-        self.counts = reader_counts(graph, self.regions)
-        self.dead = dead_nodes(graph, self.regions, self.counts)
+    def __init__(self, graph: Graph, est: Estimate, order, fused, readers: Readers):
+        self.graph, self.est, self.fused, self.readers = graph, est, fused, readers
         self.pos = {it: k for k, it in enumerate(order) if isinstance(it, int)}
         self.start_bytes = est.input_bytes
 
@@ -82,9 +80,7 @@ class QuickCost:
         """Bytes live before the loop that die because this region recomputes their last reader."""
         if not r.clones:
             return 0
-        counts = dict(self.counts)
-        move_reads(self.graph, r, counts)
-        newly = dead_nodes(self.graph, self.regions + [r], counts) - self.dead
+        newly = self.readers.dead_with(r)
         return sum(self.graph.nbytes(o) for p in newly if self.pos.get(p, p0) < p0
                    for o in self.graph.nodes[p].outputs if o)
 
