@@ -99,6 +99,21 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _model_source(req: dict[str, Any], so) -> str | bytes:
+    """The model's path, or its bytes at a lowered IR version (onnx 1.23 saves IR 14, which ORT 1.31
+    does not load; the parent checked that the model uses nothing newer). External data is then
+    found relative to the model's own folder."""
+    if not req.get("ir_version"):
+        return req["model_path"]
+    import onnx
+
+    model = onnx.load(req["model_path"], load_external_data=False)
+    model.ir_version = int(req["ir_version"])
+    so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                os.path.dirname(os.path.abspath(req["model_path"])))
+    return model.SerializeToString()
+
+
 def _run(req: dict[str, Any], workdir: str) -> dict[str, Any]:
     import onnxruntime as ort
 
@@ -121,7 +136,8 @@ def _run(req: dict[str, Any], workdir: str) -> dict[str, Any]:
     gpu_eps = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
     cuda_info = _CudaMemInfo() if any(p in providers for p in gpu_eps) else None
     try:
-        sess = ort.InferenceSession(req["model_path"], sess_options=so, providers=provider_args)
+        source = _model_source(req, so)
+        sess = ort.InferenceSession(source, sess_options=so, providers=provider_args)
     except Exception as exc:
         return {"error": {"stage": "load", "message": _first_line(exc)}}
     active = sess.get_providers()
@@ -166,7 +182,7 @@ def _run(req: dict[str, Any], workdir: str) -> dict[str, Any]:
             del sess
             fast = ort.SessionOptions()
             fast.log_severity_level = 3
-            sess = ort.InferenceSession(req["model_path"], sess_options=fast, providers=provider_args)
+            sess = ort.InferenceSession(_model_source(req, fast), sess_options=fast, providers=provider_args)
             run_once()
         latencies: list[float] = []
         for _ in range(int(req["repeats"])):

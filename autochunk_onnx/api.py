@@ -5,6 +5,7 @@ exit code, and never print.
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -14,20 +15,41 @@ from typing import Callable
 
 import onnx
 
+from . import notes
 from .budget import parse_budget
 from .compare import OutputDiff, all_ok, compare_outputs
-from .errors import BadInputError, BudgetUnreachableError, VerificationError
+from .errors import AutochunkError, BadInputError, BudgetUnreachableError, VerificationError
 from .peak import Estimate, estimate_graph
 from .graph import Graph
 from .inputs import load_inputs, make_inputs
-from .loader import (LOOP_OPSET, default_opset, load_model, parse_input_shapes, pin_input_shapes, unpinned_inputs,
-                     upgrade_opset)
+from .loader import (LOOP_OPSET, default_opset, ir_for_ort, load_model, parse_input_shapes, pin_input_shapes,
+                     unpinned_inputs, upgrade_opset)
+from ._measure_child import save_npz
 from .measure import Measurement, measure
+from .paths import check_model_output, check_writable_file
 from .plan import Plan
 from .planner import plan
 from .rewrite import rewrite
 from .save import discard, publish, publish_as, save_model, stage
 from .shapes import infer_graph, infer_shapes, require_shapes, skeleton
+
+
+def _noted(fn):
+    """Run an API call inside one notes collector: its result's `notes` (and a raised error's
+    `notes`) get the texts of every degraded or changed path taken, in order."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with notes.collect() as sink:
+            try:
+                result = fn(*args, **kwargs)
+            except AutochunkError as e:
+                e.notes = [n.text for n in sink]
+                raise
+            for r in result if isinstance(result, tuple) else (result,):
+                if hasattr(r, "notes"):
+                    r.notes = [n.text for n in sink]
+            return result
+    return call
 
 
 @dataclass
@@ -39,6 +61,7 @@ class Loaded:
     pinned: onnx.ModelProto
     graph: Graph
     shapes: dict[str, tuple[int, ...]]  # concrete shape of every graph input
+    notes: list[str] = field(default_factory=list)  # degraded or changed paths taken (see notes.py)
 
 
 def load(path: str | os.PathLike, input_shapes: dict[str, list[int]] | list[str] | tuple[str, ...] | None = None) -> Loaded:
@@ -51,6 +74,7 @@ def load(path: str | os.PathLike, input_shapes: dict[str, list[int]] | list[str]
 
 
 def _prepare(path: Path, original: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> Loaded:
+    ir_for_ort(original)  # exit 2 now when ORT cannot read the model at any IR it supports
     pinned = onnx.ModelProto()
     pinned.CopyFrom(original)  # weights are external (or small): a cheap copy
     pin_input_shapes(pinned, input_shapes)
@@ -63,6 +87,7 @@ def _prepare(path: Path, original: onnx.ModelProto, input_shapes: dict[str, list
     return Loaded(path, original, pinned, graph, shapes)
 
 
+@_noted
 def estimate(path, input_shapes=None) -> tuple[Loaded, Estimate]:
     m = load(path, input_shapes)
     return m, estimate_graph(m.graph)
@@ -80,7 +105,9 @@ def dynamic_shapes(m: Loaded) -> dict[str, tuple]:
     try:
         pin_input_shapes(second, shapes2)
         tensors = infer_shapes(second)
-    except Exception:  # noqa: BLE001 - without it every dim is declared symbolic, still correct
+    except Exception as e:  # noqa: BLE001 - without it every dim is declared symbolic, still correct
+        notes.note(f"shape inference at a second input size failed ({type(e).__name__}: {str(e)[:200]}): "
+                   "loops are judged without it")
         return {}
     return {k: v.shape for k, v in tensors.items() if v.shape is not None and None not in v.shape}
 
@@ -95,6 +122,7 @@ class VerifyReport:
     chunked: Measurement
     atol: float | None
     rtol: float | None
+    notes: list[str] = field(default_factory=list)  # degraded or changed paths taken (see notes.py)
 
     @property
     def mem_ratio(self) -> float:
@@ -105,16 +133,23 @@ class VerifyReport:
         return self.chunked.latency_s / self.original.latency_s if self.original.latency_s > 0 else float("nan")
 
 
+@_noted
 def verify(original_path, chunked_path, input_shapes=None, *, feeds=None, inputs_path: str | None = None,
            providers: list[str] | None = None, atol: float | None = None, rtol: float | None = None,
-           seed: int = 0, repeats: int = 3, loaded: Loaded | None = None) -> VerifyReport:
-    """Run both models (each in its own child process) and compare every output."""
+           seed: int = 0, repeats: int = 3, loaded: Loaded | None = None,
+           save_inputs: str | os.PathLike | None = None) -> VerifyReport:
+    """Run both models (each in its own child process) and compare every output; `save_inputs`
+    keeps the inputs used (.npz, one array per input name) to replay them with --load-inputs."""
+    if save_inputs is not None:
+        check_writable_file(save_inputs, "--save-inputs")
     if feeds is None:
         if inputs_path:
             feeds = load_inputs(inputs_path)
         else:
             m = loaded or load(original_path, input_shapes)
             feeds = make_inputs(m.original, m.shapes, seed=seed)
+    if save_inputs is not None:
+        save_npz(str(save_inputs), feeds)
     with tempfile.TemporaryDirectory(prefix="autochunk-verify-") as tmp:
         a = measure(str(original_path), feeds, providers=providers, repeats=repeats, keep_outputs=True,
                     outputs_path=os.path.join(tmp, "a.npz"))
@@ -135,13 +170,14 @@ class OptimizeResult:
     timings: dict[str, float] = field(default_factory=dict)
     budget: int = 0
     budget_text: str = ""
-    notes: list[str] = field(default_factory=list)  # what was changed besides chunking (opset)
+    notes: list[str] = field(default_factory=list)  # degraded or changed paths taken (opset raised, IR lowered, ...)
 
 
+@_noted
 def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_output: bool = True,
              best_effort: bool = False, dry_run: bool = False, force: bool = False, keep_failed: bool = False,
              providers: list[str] | None = None, atol: float | None = None, rtol: float | None = None,
-             seed: int = 0, inputs_path: str | None = None,
+             seed: int = 0, inputs_path: str | None = None, save_inputs: str | os.PathLike | None = None,
              progress: Callable[[str], None] | None = None) -> OptimizeResult:
     """Plan and write a chunked model that fits `budget`; verify it unless told not to."""
     say = progress or (lambda _msg: None)
@@ -150,7 +186,9 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
     src = Path(path)
     out = Path(out_path) if out_path is not None else None
     if out is not None and not dry_run:
-        _check_output_path(src, out, force)
+        check_model_output(src, out, force, keep_failed)
+    if save_inputs is not None:
+        check_writable_file(save_inputs, "--save-inputs")
     say("loading and inferring shapes")
     m = load(src, input_shapes)
     timings["load_s"] = time.perf_counter() - t
@@ -161,7 +199,6 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
     say("searching chunk regions")
     t = time.perf_counter()
     p = _plan(m, budget_bytes, original)
-    notes = []
     old_opset = default_opset(m.original)
     if p.regions and old_opset < LOOP_OPSET and (p.fits or best_effort):
         # Loops will be emitted: convert, then plan again on the converted graph (its nodes differ)
@@ -170,9 +207,9 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
         p2 = _plan(m2, budget_bytes, estimate_graph(m2.graph))
         if p2.regions:  # else nothing to chunk after all: the model keeps its opset
             m, p = m2, p2
-            notes.append(f"opset raised from {old_opset} to {LOOP_OPSET}: Loop over sequences needs it")
+            notes.note(f"opset raised from {old_opset} to {LOOP_OPSET}: Loop over sequences needs it", kind=notes.CHANGED)
     timings["search_s"] = time.perf_counter() - t
-    result = OptimizeResult(p, None, timings=timings, budget=budget_bytes, budget_text=str(budget), notes=notes)
+    result = OptimizeResult(p, None, timings=timings, budget=budget_bytes, budget_text=str(budget))
     if not p.fits and not best_effort:
         where = f"peak at node {p.final.peak_node}, {p.final.peak_op}"
         raise BudgetUnreachableError(
@@ -199,7 +236,7 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
         t = time.perf_counter()
         try:
             rep = verify(src, staged, feeds=None, inputs_path=inputs_path, providers=providers, atol=atol, rtol=rtol,
-                         seed=seed, loaded=m)
+                         seed=seed, loaded=m, save_inputs=save_inputs)
         except BaseException:
             discard(staged)
             raise
@@ -236,23 +273,6 @@ def _record_change(model: onnx.ModelProto, p: Plan) -> None:
     entry.value = f"{len(p.regions)} chunked regions; estimated peak {p.original.peak_bytes} -> {p.final.peak_bytes} bytes"
 
 
-def _check_output_path(src: Path, out: Path, force: bool) -> None:
-    if out.exists() and out.is_dir():
-        raise BadInputError(f"output {out} is a folder")
-    if src.exists() and out.exists() and os.path.samefile(src, out) and not force:
-        raise BadInputError(f"output {out} is the input model; refusing to overwrite it (use --force)")
-    folder = out.parent if str(out.parent) else Path(".")
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise BadInputError(f"output folder {folder} is not writable ({probe} is a file, not a folder)")
-    try:  # a real write: os.access says yes to root on read-only mounts
-        fd, tmp = tempfile.mkstemp(prefix=".autochunk-probe-", dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError:
-        raise BadInputError(f"output folder {folder} is not writable") from None
 
 
 def _fmt(n: int) -> str:

@@ -68,6 +68,9 @@ def _diff_stats(a: np.ndarray, b: np.ndarray, atol: float, rtol: float, exact: b
             bad = ~equal
         else:
             bad = ~equal & ~(diff <= atol + rtol * np.abs(af))  # NaN diff (one NaN, inf-inf) is bad
+        # a NaN or Inf where the original is finite is wrong under any tolerance (even atol=inf)
+        lost = np.isfinite(af) & ~np.isfinite(bf)
+        bad = bad | lost
         finite = ~(nan_a | nan_b)
         d = diff[finite]
         max_abs = float(d.max()) if d.size else 0.0
@@ -81,6 +84,9 @@ def _diff_stats(a: np.ndarray, b: np.ndarray, atol: float, rtol: float, exact: b
     n_one_nan = int(one_nan.sum())
     if n_one_nan:
         notes.append(f"{n_one_nan} NaN in one output only")
+    n_lost = int(lost.sum()) - int((lost & nan_b).sum())
+    if n_lost:
+        notes.append(f"{n_lost} Inf where the original is finite")
     return max_abs, max_rel, int(bad.sum()), "; ".join(notes)
 
 

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import notes
 from .graph import Graph, Node
 from .graphutil import parse_einsum
 

@@ -164,14 +164,39 @@ def _kind(name: str) -> str:
     return "other"
 
 
+def valid_lengths(batch: int, length: int) -> np.ndarray:
+    """A different valid length per batch row, in [1, length), shorter row by row (length > 1)."""
+    if length <= 1:
+        return np.full(batch, length, dtype=np.int64)
+    return np.array([length - max(1, (b + 1) * length // (batch + 3)) for b in range(batch)], dtype=np.int64)
+
+
+def padding_mask(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """What a padded batch feeds: per batch row (dim 0) ones up to its valid length along the last
+    dim, zeros after it, the same for every middle dim (an MSA mask's sequences, a [B,1,1,L] mask);
+    a pair mask ('pair' in the name, last two dims equal) is the outer product of that residue mask
+    with itself. All ones would let a loop that slices a mask along the wrong axis pass."""
+    if not shape or 0 in shape:
+        return np.ones(shape, dtype=dtype)
+    batch, n = (shape[0] if len(shape) > 1 else 1), shape[-1]
+    rows = np.arange(n)[None, :] < valid_lengths(batch, n)[:, None]  # [batch, n]
+    if "pair" in name.lower() and len(shape) >= 3 and shape[-1] == shape[-2]:
+        rows = rows[:, :, None] & rows[:, None, :]  # [batch, n, n]
+        full = rows.reshape((batch,) + (1,) * (len(shape) - 3) + (n, n))
+    else:
+        full = rows.reshape((batch,) + (1,) * (len(shape) - 2) + (n,)) if len(shape) > 1 else rows[0]
+    return np.broadcast_to(full, shape).astype(dtype, copy=True)
+
+
 def _make_one(
-    model: onnx.ModelProto, name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator
+    model: onnx.ModelProto, name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator,
+    pad_masks: bool = True,
 ) -> np.ndarray:
     kind = _kind(name)
+    if kind == "mask":
+        return padding_mask(name, shape, dtype) if pad_masks else np.ones(shape, dtype=dtype)
     if dtype == np.bool_:
         return np.ones(shape, dtype=np.bool_)
-    if kind == "mask":
-        return np.ones(shape, dtype=dtype)
     if kind == "position":
         last = shape[-1] if shape else 1
         return np.broadcast_to(np.arange(last), shape).astype(dtype, copy=True)
@@ -191,11 +216,12 @@ def _make_one(
 
 
 def make_inputs(
-    model: onnx.ModelProto | str, shapes: dict[str, tuple[int, ...]], seed: int = 0
+    model: onnx.ModelProto | str, shapes: dict[str, tuple[int, ...]], seed: int = 0, pad_masks: bool = True
 ) -> dict[str, np.ndarray]:
     """Seeded inputs for every graph input (not initializers), one per name.
 
-    Floats: normal(0, 1). Names with 'mask': ones (True for bool). 'position*': arange along the
+    Floats: normal(0, 1). Names with 'mask': a padding pattern (`padding_mask`; all ones with
+    pad_masks=False). 'position*': arange along the
     last dim. 'timestep*': integers in [1, 1000) (as the input's dtype). Token ids ('*ids*',
     'token*') and other integers: [0, vocab) where vocab is the first dim of the table a Gather
     indexes with the input, else [0, 100). Bool: True. Each input draws from its own stream
@@ -214,7 +240,7 @@ def make_inputs(
         dtype = _np_dtype(vi)
         shape = _resolve_shape(vi, shapes)
         rng = np.random.default_rng([seed, idx])
-        feeds[vi.name] = _make_one(m, vi.name, dtype, shape, rng)
+        feeds[vi.name] = _make_one(m, vi.name, dtype, shape, rng, pad_masks)
     return feeds
 
 

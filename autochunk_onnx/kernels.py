@@ -13,6 +13,7 @@ import math
 
 import onnx
 
+from . import notes
 from .graph import Graph, Node, itemsize
 from .graphutil import ellipsis_labels, parse_einsum
 
@@ -25,8 +26,8 @@ def einsum_node_scratch(graph: Graph, node: Node) -> int:
     if eq and all(shapes) and info is not None:
         try:
             return einsum_scratch(eq, shapes, itemsize(info.elem_type))
-        except (ValueError, KeyError, IndexError):
-            pass
+        except (ValueError, KeyError, IndexError) as e:
+            notes.note(f"Einsum scratch of node {node.name} not modelled ({type(e).__name__}: {e}): a bound is used")
     return sum(graph.nbytes(i) for i in node.inputs if i) + 2 * graph.nbytes(node.outputs[0])
 
 

@@ -5,6 +5,7 @@ never read; we only check that every external location stays inside the model's 
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
+from . import notes
 from .errors import BadInputError
 from .graphutil import is_standard, opset_of
 
@@ -112,6 +114,16 @@ def _split_specs(spec: str) -> list[str]:
     return items
 
 
+def _subgraph_values(graph: onnx.GraphProto) -> list:
+    """Declared inputs, outputs and values of every subgraph, nested ones too."""
+    out = []
+    for n in graph.node:
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                out += list(g.input) + list(g.output) + list(g.value_info) + _subgraph_values(g)
+    return out
+
+
 def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> dict[str, int]:
     """Write the given dims into the graph inputs (in place) and return symbol -> value.
 
@@ -148,7 +160,9 @@ def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> di
                 d.dim_value = v
     # The same symbol means the same size across the model: declared shapes of outputs and values
     # (the only ones an op of unknown domain has) take the pinned values too.
-    for vi in list(graph.output) + list(graph.value_info):
+    # So do the declared values of subgraphs (If branches, Loop bodies): without them an If's output
+    # merges a concrete branch with a symbolic one and stays unknown.
+    for vi in list(graph.output) + list(graph.value_info) + _subgraph_values(graph):
         if vi.type.HasField("tensor_type"):
             for d in vi.type.tensor_type.shape.dim:
                 if d.HasField("dim_param") and d.dim_param in symbols:
@@ -224,3 +238,87 @@ def upgrade_opset(model: onnx.ModelProto, target: int = LOOP_OPSET) -> onnx.Mode
     min_ir = min((ir for _, ir, op, *_ in onnx.helper.VERSION_TABLE if op == target), default=conv.ir_version)
     conv.ir_version = max(conv.ir_version, min_ir)
     return conv
+
+
+# The first IR version that can carry each newer element type (onnx docs/IR.md).
+_TYPE_IR = {17: 9, 18: 9, 19: 9, 20: 9, 21: 10, 22: 10, 23: 11, 24: 12, 25: 13, 26: 13, 27: 14, 28: 14}
+
+
+@functools.lru_cache(maxsize=1)
+def ort_max_ir() -> int | None:
+    """The highest IR version the installed onnxruntime loads (probed once on a one-node model);
+    None without onnxruntime."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    g = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    for ir in range(MAX_IR_VERSION, 6, -1):
+        m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 13)])
+        m.ir_version = ir
+        try:
+            ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            return ir
+        except Exception:  # noqa: BLE001 - "unsupported IR version": try the next lower one
+            continue
+    return None
+
+
+def required_ir(model: onnx.ModelProto) -> tuple[int, str]:
+    """The lowest IR version that can hold `model`: from its opsets and the element types it uses."""
+    need, why = 3, "IR 3"
+    for o in model.opset_import:
+        try:
+            ir = onnx.helper.find_min_ir_version_for([o], ignore_unknown=True)
+        except Exception:  # noqa: BLE001 - an opset onnx does not know: checked at load
+            continue
+        if ir > need:
+            need, why = ir, f"opset {o.version} of {o.domain or 'ai.onnx'}"
+    for elem in _elem_types(model.graph):
+        ir = _TYPE_IR.get(elem, 0)
+        if ir > need:
+            need, why = ir, f"element type {onnx.TensorProto.DataType.Name(elem)}"
+    return need, why
+
+
+def _elem_types(graph: onnx.GraphProto):
+    for t in graph.initializer:
+        yield t.data_type
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.type.HasField("tensor_type"):
+            yield vi.type.tensor_type.elem_type
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t.data_type
+            elif a.type == onnx.AttributeProto.INT and a.name in ("to", "dtype", "output_dtype", "saturate_dtype"):
+                yield a.i
+            elif a.type == onnx.AttributeProto.GRAPH:
+                yield from _elem_types(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    yield from _elem_types(sub)
+
+
+def ir_for_ort(model: onnx.ModelProto) -> int:
+    """The IR version to give ONNX Runtime a copy of `model` in (analyses, verification).
+
+    onnx 1.23 saves IR 14, which ORT 1.31 does not load although such a model rarely uses anything
+    past IR 10: the copy is lowered to what ORT reads when the model needs nothing newer (a CHANGED
+    note says so; the written model keeps its IR), and a model that does need more is refused.
+    """
+    top = ort_max_ir()
+    if top is None or model.ir_version <= top:
+        return model.ir_version
+    need, why = required_ir(model)
+    if need > top:
+        import onnxruntime
+        raise BadInputError(f"the model needs IR version {need} ({why}) and the installed onnxruntime "
+                            f"{onnxruntime.__version__} reads IR <= {top}")
+    notes.note(f"IR version {model.ir_version} lowered to {top} for ONNX Runtime's analyses and verification "
+               f"(the model uses nothing newer; the written model keeps IR {model.ir_version})", kind=notes.CHANGED)
+    return top

@@ -104,6 +104,7 @@ def measure(
             "providers": providers,
             "repeats": int(repeats),
             "outputs_path": os.path.abspath(outputs_path) if outputs_path else None,
+            "ir_version": _ir_for_ort(model_path),
         }
         with open(os.path.join(workdir, "request.json"), "w") as f:
             json.dump(request, f)
@@ -152,6 +153,18 @@ def measure(
         outputs_path=result.get("outputs_path"),
         note=result.get("note", ""),
     )
+
+
+def _ir_for_ort(model_path: str) -> int | None:
+    """The IR version the child must lower the model to before ORT loads it, or None (as it is)."""
+    from .loader import ir_for_ort, load_model
+
+    try:
+        model = load_model(model_path)  # the graph only: external weights stay on disk
+    except BadInputError:
+        return None  # not a model onnx reads: ORT's own message will say why, from the child
+    ir = ir_for_ort(model)
+    return ir if ir != model.ir_version else None
 
 
 def _death_message(model_path: str, returncode: int, stderr: bytes) -> str:

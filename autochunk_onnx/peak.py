@@ -34,9 +34,10 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
-from . import ops
+from . import notes, ops
 from .graph import Graph, Node, TensorInfo, itemsize
 from .graphutil import is_standard, skeleton, subgraphs
+from .loader import ir_for_ort
 
 # ORT kernel facts (ORT 1.31.1 CPU) are rows of the op registry (`ops.py`): views (`alias`, measured:
 # no allocation at the node; Dropout/Identity are removed by the optimizer, the same for memory),
@@ -155,6 +156,7 @@ def _skeleton(graph: Graph) -> onnx.ModelProto:
     """The weightless skeleton ORT infers on: ReshapeFusion's constant targets put in, big weights
     as inputs, every other input dim a symbol named by its value, every tensor a graph output."""
     m, stripped = skeleton(graph.model)
+    m.ir_version = ir_for_ort(graph.model)  # onnx 1.23's IR 14 is lowered where nothing newer is used
     g = m.graph
     for k, target in _reshape_fusion(graph).items():
         name = f"__reshape_fusion_{k}"
@@ -193,7 +195,10 @@ def _infer_with_ort(model: onnx.ModelProto) -> dict[str, tuple] | None:
         so.log_severity_level = 4
         so.intra_op_num_threads = so.inter_op_num_threads = 1  # no thread pool: only shapes are read
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception:  # noqa: BLE001 - custom ops, odd opsets: fall back to "every shape is known"
+    except Exception as e:  # noqa: BLE001 - custom ops, odd opsets: fall back to "every shape is known"
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        notes.note(f"ONNX Runtime cannot load the model for the estimate's buffer-sharing analysis ({why}): "
+                   "every shape counts as known to ORT, so the estimate may be low")
         return None
     out = {}
     for vi in model.graph.input:

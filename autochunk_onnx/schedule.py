@@ -5,7 +5,7 @@ original node order; its transient memory is the body's peak at its chunk size.
 """
 from __future__ import annotations
 
-from . import kernels, ops
+from . import kernels, notes, ops
 from .chunkflow import Region
 from .peak import Estimate, Step, estimate_steps, fusions, liveness, node_step
 from .graph import Graph, itemsize
@@ -76,7 +76,8 @@ def _einsum_chunk_scratch(graph: Graph, region: Region, n, chunk: int, whole: in
     info = graph.info(n.outputs[0])
     try:
         return einsum_scratch(n.attr("equation", ""), shapes, itemsize(info.elem_type))
-    except (ValueError, KeyError, IndexError, AttributeError):
+    except (ValueError, KeyError, IndexError, AttributeError) as e:
+        notes.note(f"Einsum scratch of node {n.name} in a loop not modelled ({type(e).__name__}): scaled from the whole")
         return int(whole * frac)
 
 

@@ -13,7 +13,7 @@ import logging
 
 import onnx
 
-from . import ops
+from . import notes, ops
 from .errors import BadInputError
 from .graph import Graph, TensorInfo
 from .graphutil import copy_fields, is_standard, opset_of, skeleton  # noqa: F401 - skeleton: shapes.skeleton
@@ -44,7 +44,8 @@ def _infer_ort(model: onnx.ModelProto) -> onnx.ModelProto | None:
                 ssi._infer_impl()
             ssi._update_output_from_vi()
             return ssi.out_mp_
-    except Exception:  # noqa: BLE001 - keep what was done; onnx's engine fills the rest
+    except Exception as e:  # noqa: BLE001 - keep what was done; onnx's engine fills the rest
+        _failed(f"ONNX Runtime's symbolic shape inference stopped", e)
         out = getattr(ssi, "out_mp_", None)
         return out if isinstance(out, onnx.ModelProto) else None
 
@@ -52,7 +53,8 @@ def _infer_ort(model: onnx.ModelProto) -> onnx.ModelProto | None:
 def _infer_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - ORT's answer stands alone
+        _failed("onnx's shape inference failed", e)
         return model
 
 
@@ -121,8 +123,8 @@ def _fold(sk: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> tuple[onnx.Mod
         if np.prod(t.dims, dtype=np.int64) <= FOLD_MAX_ELEMS:
             try:
                 values[t.name] = numpy_helper.to_array(t)
-            except Exception:  # noqa: BLE001 - a value we cannot read is simply unknown
-                pass
+            except Exception as e:  # noqa: BLE001 - a value we cannot read is simply unknown
+                _failed(f"folding could not read constant {t.name!r}", e)
     folded = set()  # node indices (protobuf wrappers are transient: no id())
     for k, n in enumerate(sk.graph.node):
         if not ops.info(n).fold or not n.output or not n.output[0]:
@@ -161,7 +163,8 @@ def _fold(sk: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> tuple[onnx.Mod
                 if all(o in values for o in n.output if o):
                     folded.add(k)
                 continue
-        except Exception:  # noqa: BLE001 - unknown stays unknown
+        except Exception as e:  # noqa: BLE001 - unknown stays unknown
+            _failed(f"folding {n.op_type} node {n.name or n.output[0]!r} failed", e)
             continue
         values[n.output[0]] = out
         folded.add(k)
@@ -182,6 +185,31 @@ def _fold(sk: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> tuple[onnx.Mod
     return out_model, new_vals
 
 
+_FAILURES: list[str] = []  # what went wrong in the current infer_shapes call (said only if holes remain)
+
+
+def _failed(what: str, e: BaseException) -> None:
+    text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    _FAILURES.append(f"{what} ({type(e).__name__}{': ' + text if text else ''})")
+
+
+# Ops whose output has their first input's shape and type, whatever the engines say.
+SAME_SHAPE_OPS = {"GroupNormalization", "LayerNormalization", "InstanceNormalization", "BatchNormalization",
+                  "RMSNormalization", "Relu", "Sigmoid", "Tanh", "Gelu", "Softmax", "LogSoftmax"}
+
+
+def _same_shape(model: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> list[TensorInfo]:
+    """Outputs of SAME_SHAPE_OPS nodes left unknown while their first input is known."""
+    out = []
+    for n in model.graph.node:
+        if n.domain not in ("", "ai.onnx") or n.op_type not in SAME_SHAPE_OPS or not n.output or not n.input:
+            continue
+        t, o = tensors.get(n.input[0]), tensors.get(n.output[0])
+        if t is not None and t.numel is not None and (o is None or o.numel is None):
+            out.append(TensorInfo(n.output[0], t.shape, t.elem_type))
+    return out
+
+
 def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
     """Shapes of every tensor of a model whose inputs are pinned (best of both engines).
 
@@ -190,6 +218,7 @@ def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
     evaluated and both run again (at most 3 times).
     """
     sk, _ = skeleton(pinned)
+    del _FAILURES[:]
     tensors = _merge(sk)
     work = sk
     for _ in range(3):
@@ -197,9 +226,13 @@ def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
         if not holes:
             break
         res = _fold(work, tensors)
-        if res is None:
+        same = _same_shape(work, tensors) + _carried(work.graph, tensors)
+        if res is None and not same:
             break
-        work, new_vals = res
+        work, new_vals = res or (work, {})
+        if same:  # an op neither engine knows (onnx 1.23 skips function ops such as GroupNormalization-21)
+            work.graph.value_info.extend(onnx.helper.make_tensor_value_info(t.name, t.elem_type, list(t.shape))
+                                         for t in same)
         more = _merge(work)
         more.update(new_vals)
         filled = {k: v for k, v in more.items() if v.numel is not None and (k not in tensors or tensors[k].numel is None)}
@@ -209,20 +242,29 @@ def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
     for t in pinned.graph.initializer:  # the stripped weights: dims from their protos, as before
         tensors[t.name] = TensorInfo(t.name, tuple(t.dims), t.data_type)
     _loop_carried(pinned.graph, tensors)
+    if _FAILURES and _holes(tensors, pinned):  # a failure that cost nothing is not worth a word
+        notes.note(f"shape inference left {_holes(tensors, pinned)} tensor(s) unknown: " + "; ".join(dict.fromkeys(_FAILURES)))
     return tensors
 
 
-def _loop_carried(graph: onnx.GraphProto, tensors: dict[str, TensorInfo]) -> None:
+def _carried(graph: onnx.GraphProto, tensors: dict[str, TensorInfo]) -> list[TensorInfo]:
     """A Loop's carried value whose shape neither engine infers takes its initial value's shape
     (what it keeps unless the body reshapes it; the Loop is opaque to planning either way)."""
+    out = []
     for n in graph.node:
         if n.op_type != "Loop" or not is_standard(n.domain):
             continue
         carried = list(n.input)[2:]
-        for init, out in zip(carried, n.output):
-            have, start = tensors.get(out), tensors.get(init)
-            if out and start is not None and start.numel is not None and (have is None or have.numel is None):
-                tensors[out] = TensorInfo(out, start.shape, start.elem_type)
+        for init, o in zip(carried, n.output):
+            have, start = tensors.get(o), tensors.get(init)
+            if o and start is not None and start.numel is not None and (have is None or have.numel is None):
+                out.append(TensorInfo(o, start.shape, start.elem_type))
+    return out
+
+
+def _loop_carried(graph: onnx.GraphProto, tensors: dict[str, TensorInfo]) -> None:
+    for t in _carried(graph, tensors):
+        tensors[t.name] = t
 
 
 def infer_graph(pinned: onnx.ModelProto) -> Graph:

@@ -41,12 +41,16 @@ import onnx
 import onnxruntime as ort
 
 from autochunk_onnx import api
+from autochunk_onnx._measure_child import _proc_status_kib, _reset_hwm
 from autochunk_onnx.compare import compare_outputs
 from autochunk_onnx.errors import BudgetUnreachableError
+from autochunk_onnx.inputs import padding_mask
 from models.random_graphs import VOCAB, at_length, random_model, seq_length
 
 LADDER = ("50%", "30%", "20%", "10%")
 FAILED = ("MISMATCH", "CRASH", "INVALID")
+EST_TOLERANCE = 0.15  # an estimate further than this from the measured peak is an estimate miss
+EST_MIN_BYTES = 8 << 20  # below this the RSS method's noise (heap, page granularity) dominates
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
        "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
@@ -62,6 +66,7 @@ class CaseResult:
     seconds: float = 0.0
     reason: str = ""
     blocks: str = ""
+    est_miss: str = ""  # "original: ..." (the estimate of the input model) or "chunked: ..." (the plan's prediction)
 
     @property
     def failed(self) -> bool:
@@ -69,6 +74,7 @@ class CaseResult:
 
     def line(self) -> str:
         extra = f": {self.reason}" if self.reason else ""
+        extra += f" [estimate miss: {self.est_miss}]" if self.est_miss else ""
         return (f"seed {self.seed}: {self.status} (budget {self.budget}, {self.regions} region(s), "
                 f"{self.seconds:.2f} s; {self.blocks}){extra}")
 
@@ -104,12 +110,15 @@ def second_length(seed: int, s1: int) -> int:
 
 
 def make_feeds(sess: ort.InferenceSession, shapes: dict[str, list[int]], seed: int) -> dict[str, np.ndarray]:
-    """Seeded inputs: normals for floats, ids below the embedding size, masks mostly ones."""
+    """Seeded inputs: normals for floats, ids below the embedding size; masks padded per batch row
+    (even seeds, the tool's own `padding_mask`) or random with every row attending somewhere."""
     feeds = {}
     for k, i in enumerate(sess.get_inputs()):
         rng = np.random.default_rng([seed, 3, k])
         shape, dtype = shapes[i.name], _NP[i.type]
-        if "mask" in i.name:
+        if "mask" in i.name and seed % 2 == 0:
+            feeds[i.name] = padding_mask(i.name, tuple(shape), np.dtype(dtype))
+        elif "mask" in i.name:
             m = rng.random(shape) < 0.8
             m[..., 0] = True  # every row attends somewhere
             feeds[i.name] = m.astype(dtype)
@@ -136,6 +145,7 @@ def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, n
 
 
 TRACEBACKS = False  # --traceback: print the stack of every exception a case meets
+EXTENDED = False  # --extended: 2-D Conv, GroupNormalization, opset-23 Attention, If/Loop, long sequences
 
 
 def first_error(e: BaseException) -> str:
@@ -176,7 +186,7 @@ def case_paths(folder: Path, seed: int) -> tuple[Path, Path]:
 
 def _run_case(res: CaseResult, tmp: Path, keep: Path | None) -> None:
     try:
-        model, shapes = random_model(res.seed)
+        model, shapes = random_model(res.seed, EXTENDED)
         res.blocks = model.doc_string.removeprefix("blocks: ")
         src, out = case_paths(tmp, res.seed)
         onnx.save(model, str(src))
@@ -204,8 +214,47 @@ def _run_case(res: CaseResult, tmp: Path, keep: Path | None) -> None:
     problem = _check_written(res, out, model, shapes, feeds, want, orig)
     if problem is None:
         res.status = verdict
+        res.est_miss = _estimate_miss(src, out, shapes, feeds, r.plan)
     else:
         res.status, res.reason = problem
+
+
+def measured_peak(path: str, feeds: dict) -> int:
+    """Peak activation bytes of one run, measured here as `autochunk_onnx.measure` does in its child
+    (arena off, large blocks mmapped: see `use_mmap_for_large_blocks`; VmHWM reset before the run)."""
+    so = ort.SessionOptions()
+    so.enable_cpu_mem_arena = False
+    so.enable_mem_pattern = False
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.log_severity_level = 4
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    sess.run(None, feeds)
+    if not _reset_hwm():
+        return -1
+    before = _proc_status_kib("VmRSS")
+    out = sess.run(None, feeds)
+    peak = (_proc_status_kib("VmHWM") - before) * 1024
+    del out
+    return peak
+
+
+def _miss(what: str, est: int, got: int) -> str:
+    if got <= 0 or max(est, got) < EST_MIN_BYTES or abs(est - got) <= EST_TOLERANCE * got:
+        return ""
+    return f"{what}: estimated {est / 2**20:.1f} MiB, measured {got / 2**20:.1f} MiB ({(est - got) / got:+.0%})"
+
+
+def _estimate_miss(src: Path, out: Path, shapes: dict, feeds: dict, plan) -> str:
+    """The original's estimate and the plan's predicted peak against measured peaks (at the pinned
+    length); '' when both are within EST_TOLERANCE or too small to measure."""
+    try:
+        est = api.estimate(src, shapes)[1].peak_bytes
+        misses = [_miss("original", est, measured_peak(str(src), feeds))]
+        if plan.regions:
+            misses.append(_miss("chunked", plan.final.peak_bytes, measured_peak(str(out), feeds)))
+    except Exception as e:  # noqa: BLE001 - the outputs were checked already; say why there is no figure
+        return f"not measured: {first_error(e)}"
+    return "; ".join(m for m in misses if m)
 
 
 def _check_written(res: CaseResult, out: Path, model: onnx.ModelProto, shapes: dict, feeds: dict, want: dict,
@@ -291,6 +340,10 @@ class Summary:
     def failures(self) -> list:
         return [r for r in self.results if r.failed]
 
+    def est_misses(self, what: str) -> list:
+        """Cases whose `what` ("original" or "chunked") estimate missed the measured peak."""
+        return [r for r in self.results if what + ":" in r.est_miss]
+
     def line(self, seeds: str = "") -> str:
         partial = sum(r.status == "unreachable" and r.regions > 0 for r in self.results)
         fp16 = sum(r.reason.startswith("float16") and not r.failed for r in self.results)
@@ -298,17 +351,22 @@ class Summary:
         return (f"fuzz: {len(self.results)} cases{where}, {self.count('chunked')} chunked, "
                 f"{self.count('unchanged')} unchanged, {self.count('unreachable')} unreachable "
                 f"({partial} partly chunked), {self.count('MISMATCH')} mismatches, {self.count('CRASH')} crashes, "
-                f"{self.count('INVALID')} invalid, {self.seconds:.1f} s"
+                f"{self.count('INVALID')} invalid, estimate misses (>{EST_TOLERANCE:.0%}): "
+                f"{len(self.est_misses('original'))} original, {len(self.est_misses('chunked'))} chunked, "
+                f"{self.seconds:.1f} s"
                 + (f" ({fp16} float16 cases equal only to the original rounded per node)" if fp16 else ""))
 
 
 def fuzz(seeds: list[int], budget_mode: str = "random", budget: str | None = None, timeout_s: int = 120,
          verbose: bool = False, keep: Path | None = None, say: Callable[[str], None] = print,
-         isolate: bool = True) -> Summary:
+         isolate: bool = True, extended: bool = False) -> Summary:
     """Run every seed, each in its own forked process by default (a segfault in ORT or the tool
     is then one CRASH, not the end of the run) and bounded by `timeout_s`."""
+    global EXTENDED
+    EXTENDED = extended
     t0 = time.perf_counter()
     results = []
+    use_mmap_for_large_blocks()
     one = run_forked if isolate and hasattr(os, "fork") else run_alarmed
     if one is run_forked:
         _warm_up()
@@ -316,15 +374,28 @@ def fuzz(seeds: list[int], budget_mode: str = "random", budget: str | None = Non
         for seed in seeds:
             r = one(seed, budget_mode, Path(tmp), budget, keep, timeout_s)
             results.append(r)
-            if verbose or r.failed:
+            if verbose or r.failed or r.est_miss:
                 say(r.line())
     return Summary(results, time.perf_counter() - t0)
+
+
+def use_mmap_for_large_blocks() -> None:
+    """What `measure` sets in its child's environment, for this process and its forks: every block
+    over 64 KiB is its own mmap, returned when freed, so RSS follows the live tensors."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 0)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: the figures are noisier, the comparison still runs
 
 
 def _warm_up() -> None:
     """Pay the one-time costs (lazy imports, ORT's environment) before forking, not in every child."""
     import onnxruntime.tools.symbolic_shape_infer  # noqa: F401 - imported lazily by shapes.py
-    model, shapes = random_model(0)
+    model, shapes = random_model(0, EXTENDED)
     sess = session(model.SerializeToString())
     run(sess, make_feeds(sess, shapes, 0))
 
@@ -364,7 +435,7 @@ def _child(send, seed: int, budget_mode: str, tmp: Path, budget: str | None, kee
 
 def _blocks(seed: int) -> str:
     try:
-        return random_model(seed)[0].doc_string.removeprefix("blocks: ")
+        return random_model(seed, EXTENDED)[0].doc_string.removeprefix("blocks: ")
     except Exception:  # noqa: BLE001 - only a label
         return "?"
 
@@ -407,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traceback", action="store_true", help="print the stack of every exception (debugging)")
     ap.add_argument("--in-process", action="store_true",
                     help="run the cases in this process, not one forked child each (debuggers; a segfault ends the run)")
+    ap.add_argument("--extended", action="store_true",
+                    help="half the seeds also get 2-D Conv/GroupNormalization, opset-23 Attention, If/Loop, long sequences")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per case, not only failures")
     args = ap.parse_args(argv)
     faulthandler.enable()
@@ -414,10 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     global TRACEBACKS
     TRACEBACKS = args.traceback
     s = fuzz(parse_seeds(args.seeds), args.budget_mode, args.budget, args.timeout, args.verbose, args.keep,
-             isolate=not args.in_process)
+             isolate=not args.in_process, extended=args.extended)
     print(s.line(args.seeds))
     for r in s.failures:
         print(f"  FAILED seed {r.seed}: {r.status}: {r.reason}")
+    for r in [r for r in s.results if r.est_miss]:
+        print(f"  ESTIMATE seed {r.seed} ({r.blocks}): {r.est_miss}")
     return 1 if s.failures else 0
 
 

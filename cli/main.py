@@ -14,6 +14,7 @@ import click
 
 from autochunk_onnx import api
 from autochunk_onnx.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, AutochunkError, BudgetUnreachableError, VerificationError
+from autochunk_onnx.paths import check_writable_file
 from autochunk_onnx.report import (estimate_json, estimate_text, fmt_bytes, plan_json, plan_text, verify_json,
                                    verify_text)
 
@@ -32,9 +33,15 @@ input_shape_opt = click.option("--input-shape", "-s", "input_shapes", multiple=T
 debug_opt = click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 
 
+def _say_notes(texts) -> None:
+    for text in texts or ():
+        click.echo(f"autochunk-onnx: note: {text}", err=True)
+
+
 def _fail(e: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exc()
+    _say_notes(getattr(e, "notes", None))
     if isinstance(e, AutochunkError):
         click.echo(f"autochunk-onnx: error: {e}", err=True)
         sys.exit(e.exit_code)
@@ -58,7 +65,11 @@ def _run(fn, debug: bool):
 def _emit_json(doc: dict, report: str | None) -> None:
     text = json.dumps(doc, indent=2, default=_json_default)
     if report:
-        Path(report).write_text(text + "\n")
+        try:  # checked before any work; this only fails if the folder changed meanwhile
+            Path(report).write_text(text + "\n")
+        except OSError as e:
+            click.echo(f"autochunk-onnx: error: cannot write --report {report}: {e.strerror or e}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
     else:
         click.echo(text)
 
@@ -93,32 +104,37 @@ def main() -> None:
 @click.option("--rtol", type=float, default=None, help="Relative tolerance.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
 @click.option("--load-inputs", "inputs_path", type=click.Path(exists=True, dir_okay=False), default=None, help="Verify on inputs from an .npz file.")
+@click.option("--save-inputs", type=click.Path(dir_okay=False), default=None, help="Save the verification inputs to an .npz file (replay with --load-inputs).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write the JSON report to this file.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @debug_opt
 def optimize(model, output, budget, input_shapes, dry_run, best_effort, no_verify, force, keep_failed, providers,
-             atol, rtol, seed, inputs_path, as_json, report, quiet, debug):
+             atol, rtol, seed, inputs_path, save_inputs, as_json, report, quiet, debug):
     """Rewrite MODEL so its estimated activation peak fits --budget; write OUTPUT and verify it."""
     progress = None
     if not quiet and not as_json and sys.stderr.isatty():
         progress = lambda msg: click.echo(f"... {msg}", err=True)  # noqa: E731
 
     def go():
+        if report:
+            check_writable_file(report, "--report")
         try:
             return api.optimize(model, output, budget, list(input_shapes), verify_output=not no_verify,
                                 best_effort=best_effort, dry_run=dry_run, force=force, keep_failed=keep_failed,
                                 providers=providers.split(",") if providers else None, atol=atol, rtol=rtol,
-                                seed=seed, inputs_path=inputs_path, progress=progress)
+                                seed=seed, inputs_path=inputs_path, save_inputs=save_inputs, progress=progress)
         except BudgetUnreachableError as e:
             if (as_json or report) and e.best_plan is not None:
-                _emit_json({"status": "budget_unreachable", "error": str(e), "plan": plan_json(e.best_plan)}, report)
+                _emit_json({"status": "budget_unreachable", "error": str(e), "plan": plan_json(e.best_plan),
+                            "notes": getattr(e, "notes", [])}, report)
             elif not quiet and e.best_plan is not None and dry_run:
                 click.echo(plan_text(e.best_plan))
             raise
         except VerificationError as e:
             if e.report is not None and (as_json or report):
-                _emit_json({"status": "verification_failed", "error": str(e), "verify": verify_json(e.report)}, report)
+                _emit_json({"status": "verification_failed", "error": str(e), "verify": verify_json(e.report),
+                            "notes": getattr(e, "notes", [])}, report)
             elif e.report is not None and not quiet:
                 click.echo(verify_text(e.report), err=True)
             raise
@@ -126,8 +142,7 @@ def optimize(model, output, budget, input_shapes, dry_run, best_effort, no_verif
     res = _run(go, debug)
     p = res.plan
     if not quiet:
-        for note in res.notes:
-            click.echo(f"autochunk-onnx: note: {note}", err=True)
+        _say_notes(res.notes)
     if not p.fits:
         click.echo(f"autochunk-onnx: warning: budget {fmt_bytes(res.budget)} not reached: best plan reaches "
                    f"{fmt_bytes(p.final.peak_bytes)} (peak at node {p.final.peak_node}, {p.final.peak_op})", err=True)
@@ -157,11 +172,14 @@ def optimize(model, output, budget, input_shapes, dry_run, best_effort, no_verif
 @debug_opt
 def estimate(model, input_shapes, as_json, plot, top, debug):
     """Estimate MODEL's peak activation memory in ONNX Runtime, and what is live at the peak."""
-    _, est = _run(lambda: api.estimate(model, list(input_shapes)), debug)
+    if plot:
+        _run(lambda: check_writable_file(plot, "--plot"), debug)
+    m, est = _run(lambda: api.estimate(model, list(input_shapes)), debug)
+    _say_notes(m.notes)
     if plot:
         _run(lambda: _plot(est, plot, model.name), debug)
     if as_json:
-        click.echo(json.dumps(estimate_json(est), indent=2))
+        click.echo(json.dumps(dict(estimate_json(est), notes=m.notes), indent=2))
     else:
         click.echo(estimate_text(est, top))
 
@@ -196,19 +214,23 @@ def _plot(est, path: str, title: str) -> None:
 @click.option("--rtol", type=float, default=None, help="Relative tolerance.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--load-inputs", "inputs_path", type=click.Path(exists=True, dir_okay=False), default=None, help="Inputs from an .npz file.")
+@click.option("--save-inputs", type=click.Path(dir_okay=False), default=None, help="Save the inputs used to an .npz file.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
 @debug_opt
-def verify(original, chunked, input_shapes, providers, atol, rtol, seed, inputs_path, as_json, quiet, debug):
+def verify(original, chunked, input_shapes, providers, atol, rtol, seed, inputs_path, save_inputs, as_json, quiet, debug):
     """Run ORIGINAL and CHUNKED in ONNX Runtime on the same inputs; compare outputs, memory, latency."""
     def go():
         for p in (original, chunked):
             api.load_model(p)  # one-line errors for unreadable files before any child process runs
         return api.verify(original, chunked, list(input_shapes), inputs_path=inputs_path,
-                          providers=providers.split(",") if providers else None, atol=atol, rtol=rtol, seed=seed)
+                          providers=providers.split(",") if providers else None, atol=atol, rtol=rtol, seed=seed,
+                          save_inputs=save_inputs)
     rep = _run(go, debug)
+    if not quiet:
+        _say_notes(rep.notes)
     if as_json:
-        click.echo(json.dumps(verify_json(rep), indent=2))
+        click.echo(json.dumps(dict(verify_json(rep), notes=rep.notes), indent=2))
     elif not quiet:
         click.echo(verify_text(rep))
     if not rep.ok:

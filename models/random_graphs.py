@@ -860,6 +860,81 @@ def trilu_block(b: Builder, ctx: Ctx, x: str) -> str:
     return binary(b, "Add", x, b.node("Trilu", [x, k], b.shape[x], upper=int(b.chance(0.5))))
 
 
+def conv2d_block(b: Builder, ctx: Ctx, x: str) -> str:
+    """2-D Conv (and GroupNormalization from opset 21) on a channels-first pair map [N, C, S, S]
+    made from the stream by an outer sum, averaged back over one S."""
+    s = b.shape[x]
+    if len(s) != 3:
+        return conv_block(b, ctx, x)
+    c = b.pick([4, 8])
+    a = transpose(b, project(b, x, ctx.d, c), [0, 2, 1])  # [N, c, S]
+    p = binary(b, "Add", unsqueeze(b, a, [3]), unsqueeze(b, a, [2]))  # [N, c, S, S]
+    k = b.pick([1, 3]) if b.s1 <= 256 else 1
+    ins = [p, b.weight((c, c, k, k), c * k * k)] + ([b.weight((c,))] if b.chance(0.5) else [])
+    h = b.node("Conv", ins, b.shape[p], pads=[(k - 1) // 2] * 4, kernel_shape=[k, k])
+    if b.opset >= 21 and b.elem == TensorProto.FLOAT:  # opset 18's version is deprecated
+        g = b.pick([1, 2, c])
+        h = b.node("GroupNormalization", [h, b.weight((c,), positive=True), b.weight((c,))], b.shape[h],
+                   num_groups=g, epsilon=1e-5)
+    h = unary(b, b.pick(["Relu", "Tanh"]), h)
+    back = transpose(b, reduce(b, "ReduceMean", h, [3], 0), [0, 2, 1])  # [N, S, c]
+    return binary(b, "Add", x, project(b, back, c, ctx.d))
+
+
+def attention23_block(b: Builder, ctx: Ctx, x: str) -> str:
+    """ONNX's own Attention op (opset 23) on [N, H, S, Dh] heads: shared mask, is_causal, or none."""
+    if len(b.shape[x]) != 3 or b.opset < 23 or b.elem != TensorProto.FLOAT:
+        return attention_block(b, ctx, x)
+    d, h = ctx.d, heads_of(b, ctx.d)
+    q, k, v = (split_heads(b, project(b, x, d, d), h) for _ in range(3))
+    ins, attrs = [q, k, v], {}
+    m = shared_mask(b, ctx, x) if b.chance(0.6) else None
+    if m is not None:
+        ins.append(m)
+    elif b.chance(0.5):
+        attrs["is_causal"] = 1
+    out = b.node("Attention", ins, b.shape[q], **attrs)
+    return binary(b, "Add", x, project(b, merge_heads(b, out), d, d))
+
+
+def control_block(b: Builder, ctx: Ctx, x: str) -> str:
+    """An If on a run-time scalar or a Loop with a fixed trip count carrying the stream: input
+    models may hold both, and the tool must leave them whole and still chunk around them."""
+    s, et = b.shape[x], b.dtype[x]
+    if b.chance(0.5):
+        mean = reduce(b, "ReduceMean", x, list(range(len(s))), 0)
+        cond = b.node("Greater", [mean, b.fconst(0.0)], (), dtype=TensorProto.BOOL)
+        outs = []
+        for op in ("Relu", "Neg"):
+            o = b.fresh(f"if_{op}")
+            outs.append(helper.make_graph([helper.make_node(op, [x], [o])], b.fresh("branch"), [],
+                                          [_declared(b, o, x)]))
+        y = b.node("If", [cond], s, then_branch=outs[0], else_branch=outs[1])
+    else:
+        half, one = b.fconst(0.5), b.fconst(1.0)  # outer-scope values read by the body
+        i, c_in, v_in, c_out, t, v_out = (b.fresh(n) for n in ("i", "cond", "v", "cond_out", "t", "v_out"))
+        body = helper.make_graph(
+            [helper.make_node("Identity", [c_in], [c_out]), helper.make_node("Mul", [v_in, half], [t]),
+             helper.make_node("Add", [t, one], [v_out])], b.fresh("body"),
+            [helper.make_tensor_value_info(i, TensorProto.INT64, []), helper.make_tensor_value_info(c_in, TensorProto.BOOL, []),
+             _declared(b, v_in, x)],
+            [helper.make_tensor_value_info(c_out, TensorProto.BOOL, []), _declared(b, v_out, x)])
+        y = b.node("Loop", [b.const(int(b.rng.integers(1, 4))), "", x], s, body=body)
+    return binary(b, "Add", x, y)
+
+
+def _declared(b: Builder, name: str, like: str) -> onnx.ValueInfoProto:
+    """A subgraph value declared with the type and shape of `like`, as exporters write them."""
+    vi = b.value_info(like)
+    vi.name = name
+    return vi
+
+
+# Blocks of the second generation, drawn from their own stream (`_extended`) so every seed that
+# does not use them builds the same model as before (the regression seeds stay what they were).
+NEW_BLOCKS: dict[str, Callable] = {"conv2d": conv2d_block, "attention23": attention23_block, "control": control_block}
+
+
 BIG_BLOCKS: dict[str, Callable] = {"attention": attention_block, "mlp": mlp_block, "pair": pair_block}
 SMALL_BLOCKS: dict[str, Callable] = {
     "reduce": reduce_block, "softmax": softmax_block, "transpose": transpose_block, "reshape": reshape_block,
@@ -946,17 +1021,36 @@ def _head(b: Builder, ctx: Ctx, x: str) -> str:
     return x
 
 
-def random_model(seed: int) -> tuple[onnx.ModelProto, dict[str, list[int]]]:
-    """A random valid model and the concrete shape of every input (S at its first length)."""
+def _extended(seed: int, spec: Spec, extended: bool) -> list[str]:
+    """With `extended`, half the seeds (their own stream) also get a newer opset (18, 21 or 23), sometimes a long
+    sequence (256-512) and one or two blocks of NEW_BLOCKS; the others are built as before."""
+    xr = np.random.default_rng([seed, 7])
+    if not extended or xr.random() < 0.5:
+        return []
+    spec.opset = int(xr.choice([18, 21, 23], p=[0.2, 0.3, 0.5]))
+    if xr.random() < 0.25:
+        spec.s1 = int(xr.integers(256, 513))
+    names = list(NEW_BLOCKS)
+    if spec.opset < 23 or spec.elem != TensorProto.FLOAT or len(spec.lead) != 1:
+        names.remove("attention23")
+    return [names[int(k)] for k in xr.choice(len(names), size=int(xr.integers(1, 3)))]
+
+
+def random_model(seed: int, extended: bool = False) -> tuple[onnx.ModelProto, dict[str, list[int]]]:
+    """A random valid model and the concrete shape of every input (S at its first length);
+    `extended` adds the second-generation blocks and opsets (`_extended`) to half the seeds."""
     rng = np.random.default_rng(seed)
     spec = _spec(rng)
+    extra = _extended(seed, spec, extended)
     b = Builder(rng, spec.opset, spec.elem, spec.s_name, spec.s1)
     ctx = Ctx(spec.lead, spec.d)
     x = _inputs(b, spec, ctx)
     ctx.raw = x
     names = _blocks(b)
+    for name in extra:  # placed by their own stream too: the old draws stay in order
+        names.insert(int(np.random.default_rng([seed, 8, len(names)]).integers(0, len(names) + 1)), name)
     for i, name in enumerate(names):
-        x = {**BIG_BLOCKS, **SMALL_BLOCKS}[name](b, ctx, x)
+        x = {**BIG_BLOCKS, **SMALL_BLOCKS, **NEW_BLOCKS}[name](b, ctx, x)
         if i < len(names) - 1 and b.chance(0.15):
             ctx.side.append(x)
     outs = [_head(b, ctx, x)] + ctx.side

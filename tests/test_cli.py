@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from autochunk_onnx import notes  # noqa: E402
 from cli.main import main  # noqa: E402
 from models import synthetic as syn  # noqa: E402
 
@@ -467,9 +468,11 @@ def test_estimate_bad_input(tmp_path):
 def test_estimate_on_a_chunked_model_says_why_not(ab, tmp_path):
     out = tmp_path / "c" / "c.onnx"
     assert cli("optimize", ab, out, "-b", "30%", "-s", SHAPE, "--no-verify").exit_code == 0
-    r = cli("estimate", out, "-s", SHAPE)
+    with notes.expected("shape inference left"):  # the sequences stop ORT's symbolic inference: said too
+        r = cli("estimate", out, "-s", SHAPE)
     assert r.exit_code == 2
-    assert_one_line_error(r.stderr, "sequences", "verify")
+    err = [ln for ln in r.stderr.splitlines() if not ln.startswith("autochunk-onnx: note:")]
+    assert_one_line_error("\n".join(err), "sequences", "verify")
 
 
 def test_verify_command(ab, tmp_path, ab_model):
