@@ -210,6 +210,14 @@ def _same_shape(model: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> list[
     return out
 
 
+def _undeclared(model: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> list[TensorInfo]:
+    """Node outputs whose shape is known but not declared in the model's value_info."""
+    declared = {vi.name for vi in model.graph.value_info}
+    return [tensors[o] for n in model.graph.node for o in n.output
+            if o and o not in declared and tensors.get(o) is not None and tensors[o].numel is not None
+            and tensors[o].elem_type]
+
+
 def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
     """Shapes of every tensor of a model whose inputs are pinned (best of both engines).
 
@@ -226,11 +234,12 @@ def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
         if not holes:
             break
         res = _fold(work, tensors)
-        same = _same_shape(work, tensors) + _carried(work.graph, tensors)
+        same = _same_shape(work, tensors) + _carried(work.graph, tensors) + _undeclared(work, tensors)
         if res is None and not same:
             break
         work, new_vals = res or (work, {})
-        if same:  # an op neither engine knows (onnx 1.23 skips function ops such as GroupNormalization-21)
+        if same:  # what one engine found is given to both (onnx 1.23 stops at function ops such as
+            # GroupNormalization-21 that ORT's inference knows; ORT's stops at the first node it cannot do)
             work.graph.value_info.extend(onnx.helper.make_tensor_value_info(t.name, t.elem_type, list(t.shape))
                                          for t in same)
         more = _merge(work)

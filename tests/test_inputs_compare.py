@@ -56,7 +56,10 @@ def test_make_inputs_plausible_and_seeded(tmp_path) -> None:
     ids = feeds["input_ids"]
     assert ids.dtype == np.int64 and ids.shape == (2, 1000)
     assert ids.min() >= 0 and ids.max() < VOCAB and ids.max() > VOCAB // 2  # the whole vocab is used
-    assert feeds["attention_mask"].dtype == np.int64 and (feeds["attention_mask"] == 1).all()
+    mask = feeds["attention_mask"]  # padded: each batch row valid up to its own length, zeros after
+    assert mask.dtype == np.int64 and set(np.unique(mask)) == {0, 1}
+    lengths = mask.sum(axis=1)
+    assert len(set(lengths)) == 2 and all((row[:n] == 1).all() for row, n in zip(mask, lengths))
     np.testing.assert_array_equal(feeds["position_ids"][1], np.arange(1000))
     assert feeds["bias"].dtype == np.float32 and feeds["bias"].shape == (8,)
     assert feeds["use_cache"].dtype == np.bool_ and feeds["use_cache"].shape == () and feeds["use_cache"]
