@@ -199,23 +199,20 @@ SAME_SHAPE_OPS = {"GroupNormalization", "LayerNormalization", "InstanceNormaliza
 
 
 def _same_shape(model: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> list[TensorInfo]:
-    """Outputs of SAME_SHAPE_OPS nodes left unknown while their first input is known."""
+    """Outputs of SAME_SHAPE_OPS nodes not yet declared in `model` (onnx's engine may not infer
+    them), from their first input's shape; ORT's answer is not trusted there (its symbolic inference
+    carries its Einsum mistake down a chain onnx stopped on)."""
+    declared = {vi.name for vi in model.graph.value_info}
+    cur = dict(tensors)  # a chain of them (GroupNormalization -> Tanh) is followed in node order
     out = []
     for n in model.graph.node:
         if n.domain not in ("", "ai.onnx") or n.op_type not in SAME_SHAPE_OPS or not n.output or not n.input:
             continue
-        t, o = tensors.get(n.input[0]), tensors.get(n.output[0])
-        if t is not None and t.numel is not None and (o is None or o.numel is None):
-            out.append(TensorInfo(n.output[0], t.shape, t.elem_type))
+        t = cur.get(n.input[0])
+        if t is not None and t.numel is not None and n.output[0] not in declared:
+            cur[n.output[0]] = TensorInfo(n.output[0], t.shape, t.elem_type)
+            out.append(cur[n.output[0]])
     return out
-
-
-def _undeclared(model: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> list[TensorInfo]:
-    """Node outputs whose shape is known but not declared in the model's value_info."""
-    declared = {vi.name for vi in model.graph.value_info}
-    return [tensors[o] for n in model.graph.node for o in n.output
-            if o and o not in declared and tensors.get(o) is not None and tensors[o].numel is not None
-            and tensors[o].elem_type]
 
 
 def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
@@ -234,17 +231,18 @@ def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
         if not holes:
             break
         res = _fold(work, tensors)
-        same = _same_shape(work, tensors) + _carried(work.graph, tensors) + _undeclared(work, tensors)
+        same = _same_shape(work, tensors) + _carried(work.graph, tensors)
         if res is None and not same:
             break
         work, new_vals = res or (work, {})
-        if same:  # what one engine found is given to both (onnx 1.23 stops at function ops such as
-            # GroupNormalization-21 that ORT's inference knows; ORT's stops at the first node it cannot do)
+        if same:  # declared, so onnx's engine goes on past ops it does not infer (onnx 1.23 skips
+            # function ops such as GroupNormalization-21) instead of leaving ORT's answer downstream
             work.graph.value_info.extend(onnx.helper.make_tensor_value_info(t.name, t.elem_type, list(t.shape))
                                          for t in same)
         more = _merge(work)
         more.update(new_vals)
-        filled = {k: v for k, v in more.items() if v.numel is not None and (k not in tensors or tensors[k].numel is None)}
+        # the rerun knew more (folded values, declared shapes): where it finds a size, it wins
+        filled = {k: v for k, v in more.items() if v.numel is not None and tensors.get(k) != v}
         if not filled:
             break
         tensors.update(filled)

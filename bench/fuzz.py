@@ -146,6 +146,7 @@ def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, n
 
 
 TRACEBACKS = False  # --traceback: print the stack of every exception a case meets
+ESTIMATE_EVERY = 1  # --estimate-every N: measure peaks for the estimate check on every Nth seed only
 EXTENDED = False  # --extended: 2-D Conv, GroupNormalization, opset-23 Attention, If/Loop, long sequences
 
 
@@ -215,7 +216,8 @@ def _run_case(res: CaseResult, tmp: Path, keep: Path | None) -> None:
     problem = _check_written(res, out, model, shapes, feeds, want, orig)
     if problem is None:
         res.status = verdict
-        res.est_miss = _estimate_miss(src, out, shapes, feeds, r.plan)
+        if res.seed % ESTIMATE_EVERY == 0:
+            res.est_miss = _estimate_miss(src, out, shapes, feeds, r.plan)
     else:
         res.status, res.reason = problem
 
@@ -416,11 +418,11 @@ class Summary:
 
 def fuzz(seeds: list[int], budget_mode: str = "random", budget: str | None = None, timeout_s: int = 120,
          verbose: bool = False, keep: Path | None = None, say: Callable[[str], None] = print,
-         isolate: bool = True, extended: bool = False) -> Summary:
+         isolate: bool = True, extended: bool = False, estimate_every: int = 1) -> Summary:
     """Run every seed, each in its own forked process by default (a segfault in ORT or the tool
     is then one CRASH, not the end of the run) and bounded by `timeout_s`."""
-    global EXTENDED
-    EXTENDED = extended
+    global EXTENDED, ESTIMATE_EVERY
+    EXTENDED, ESTIMATE_EVERY = extended, max(1, estimate_every)
     t0 = time.perf_counter()
     results = []
     use_mmap_for_large_blocks()
@@ -539,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run the cases in this process, not one forked child each (debuggers; a segfault ends the run)")
     ap.add_argument("--extended", action="store_true",
                     help="half the seeds also get 2-D Conv/GroupNormalization, opset-23 Attention, If/Loop, long sequences")
+    ap.add_argument("--estimate-every", type=int, default=1, metavar="N",
+                    help="check the estimates against measured peaks on every Nth seed (1: all)")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per case, not only failures")
     args = ap.parse_args(argv)
     faulthandler.enable()
@@ -546,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     global TRACEBACKS
     TRACEBACKS = args.traceback
     s = fuzz(parse_seeds(args.seeds), args.budget_mode, args.budget, args.timeout, args.verbose, args.keep,
-             isolate=not args.in_process, extended=args.extended)
+             isolate=not args.in_process, extended=args.extended, estimate_every=args.estimate_every)
     print(s.line(args.seeds))
     for r in s.failures:
         print(f"  FAILED seed {r.seed}: {r.status}: {r.reason}")

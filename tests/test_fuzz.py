@@ -100,3 +100,50 @@ def test_seed_ranges_and_budgets_are_seeded():
     assert parse_seeds("0-3,7,9-10") == [0, 1, 2, 3, 7, 9, 10]
     assert [pick_budget(s, "random") for s in range(20)] == [pick_budget(s, "random") for s in range(20)]
     assert all(b.endswith("%") for b in (pick_budget(s, "random") for s in range(50)))
+
+
+def test_extended_generator_covers_the_new_ops_and_keeps_old_seeds():
+    """--extended: 2-D Conv, GroupNormalization, opset-23 Attention, If and Loop inside the input
+    model, long sequences; seeds it leaves alone build the very same model as before."""
+    ops, long_seq = set(), 0
+    for seed in range(60):
+        m, shapes = random_model(seed, extended=True)
+        ops |= {n.op_type for n in m.graph.node}
+        ops |= {n.op_type + ":2d" for n in m.graph.node if n.op_type == "Conv"
+                and any(a.name == "kernel_shape" and len(a.ints) == 2 for a in n.attribute)}
+        long_seq += max(max(v) for v in shapes.values()) >= 256
+        if "conv2d" not in m.doc_string and "control" not in m.doc_string and "attention23" not in m.doc_string:
+            assert m.SerializeToString() == random_model(seed)[0].SerializeToString()
+    assert {"Conv:2d", "GroupNormalization", "Attention", "If", "Loop"} <= ops, ops
+    assert long_seq >= 3
+
+
+EXTENDED_SEEDS = [1, 3, 6, 10, 18, 29, 30, 36, 37, 5007, 5017]  # each uses a new block; 5007 is float16 at seq 293
+
+
+def test_extended_fuzz_run_finds_no_mismatch_or_crash():
+    s = fuzz(EXTENDED_SEEDS, timeout_s=90, say=lambda _line: None, extended=True)
+    assert not s.failures, "\n".join(r.line() for r in s.failures)
+    assert s.with_loops >= 0.5 * len(EXTENDED_SEEDS), s.line()
+
+
+def test_float16_third_opinion_rejects_a_wrong_output():
+    """The float32 comparison forgives accumulation order, not a wrong value."""
+    m, shapes = next((m, s) for m, s in (random_model(k) for k in range(200))
+                     if m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16)
+    sess = fuzz_module.session(m.SerializeToString())
+    feeds = fuzz_module.make_feeds(sess, shapes, 0)
+    want = fuzz_module.run(sess, feeds)
+    assert fuzz_module.as_near_as_original(m, feeds, want, want)
+    wrong = {k: (v[..., ::-1] if v.ndim else v).copy() for k, v in want.items()}
+    assert not fuzz_module.as_near_as_original(m, feeds, want, wrong)
+
+
+def test_estimate_miss_is_reported_apart_from_outputs():
+    """An estimate off by more than 15% (and over the noise floor) is an estimate miss, not a failure."""
+    assert fuzz_module._miss("original", 10 << 20, 20 << 20).startswith("original: estimated 10.0 MiB, measured 20.0 MiB")
+    assert fuzz_module._miss("original", 19 << 20, 20 << 20) == ""
+    assert fuzz_module._miss("original", 1 << 20, 3 << 20) == ""  # below EST_MIN_BYTES: noise
+    r = fuzz_module.CaseResult(1, "chunked", est_miss="original: estimated 10.0 MiB, measured 20.0 MiB (-50%)")
+    s = fuzz_module.Summary([r], 1.0)
+    assert not s.failures and len(s.est_misses("original")) == 1 and "1 original" in s.line()
