@@ -193,8 +193,8 @@ def _failed(what: str, e: BaseException) -> None:
     _FAILURES.append(f"{what} ({type(e).__name__}{': ' + text if text else ''})")
 
 
-# Ops whose output has their first input's shape and type, whatever the engines say.
-SAME_SHAPE_OPS = {"GroupNormalization", "LayerNormalization", "InstanceNormalization", "BatchNormalization",
+# Ops whose output has their first input's shape and type (Einsum: its equation's), whatever the engines say.
+SAME_SHAPE_OPS = {"Einsum", "GroupNormalization", "LayerNormalization", "InstanceNormalization", "BatchNormalization",
                   "RMSNormalization", "Relu", "Sigmoid", "Tanh", "Gelu", "Softmax", "LogSoftmax"}
 
 
@@ -209,10 +209,49 @@ def _same_shape(model: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> list[
         if n.domain not in ("", "ai.onnx") or n.op_type not in SAME_SHAPE_OPS or not n.output or not n.input:
             continue
         t = cur.get(n.input[0])
-        if t is not None and t.numel is not None and n.output[0] not in declared:
-            cur[n.output[0]] = TensorInfo(n.output[0], t.shape, t.elem_type)
-            out.append(cur[n.output[0]])
+        if n.output[0] in declared or t is None or t.numel is None:
+            continue
+        shape = t.shape
+        if n.op_type == "Einsum":
+            shape = _einsum_shape(n, [cur.get(i) for i in n.input])
+            if shape is None:
+                continue
+        cur[n.output[0]] = TensorInfo(n.output[0], shape, t.elem_type)
+        out.append(cur[n.output[0]])
     return out
+
+
+def _einsum_shape(n: onnx.NodeProto, infos: list) -> tuple[int, ...] | None:
+    """Einsum's output shape from its equation (ORT 1.31's symbolic inference gets
+    '...x,xy->...y' on [3,109,96] x [96,12] wrong as [96,12,12]); None when it cannot be read."""
+    eq = next((a.s.decode() for a in n.attribute if a.name == "equation"), "").replace(" ", "")
+    if "->" not in eq or any(t is None or t.shape is None for t in infos):
+        return None
+    lhs, rhs = eq.split("->")
+    terms = lhs.split(",")
+    if len(terms) != len(infos):
+        return None
+    sizes: dict[str, int] = {}
+    ell: tuple[int, ...] = ()
+    for term, t in zip(terms, infos):
+        letters = term.replace("...", "")
+        n_ell = len(t.shape) - len(letters)
+        if n_ell < 0 or (n_ell and "..." not in term):
+            return None
+        head = term.split("...")[0] if "..." in term else term
+        dims = list(t.shape)
+        e = tuple(dims[len(head):len(head) + n_ell]) if "..." in term else ()
+        if len(e) > len(ell):
+            ell = tuple(e[: len(e) - len(ell)]) + tuple(max(a, b) for a, b in zip(e[len(e) - len(ell):], ell))
+        elif e:
+            ell = tuple(ell[: len(ell) - len(e)]) + tuple(max(a, b) for a, b in zip(ell[len(ell) - len(e):], e))
+        rest = dims[:len(head)] + dims[len(head) + n_ell:]
+        for c, d in zip(letters, rest):
+            sizes[c] = max(sizes.get(c, 1), d)
+    head, _, tail = rhs.partition("...")
+    if any(c not in sizes for c in head + tail):
+        return None
+    return tuple([sizes[c] for c in head] + (list(ell) if "..." in rhs else []) + [sizes[c] for c in tail])
 
 
 def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
@@ -228,10 +267,12 @@ def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
     work = sk
     for _ in range(3):
         holes = _holes(tensors, sk)
-        if not holes:
+        same = _same_shape(work, tensors)
+        wrong = [t for t in same if tensors.get(t.name) != t]  # unknown, or ORT's Einsum mistake
+        if not holes and not wrong:
             break
-        res = _fold(work, tensors)
-        same = _same_shape(work, tensors) + _carried(work.graph, tensors)
+        res = _fold(work, tensors) if holes else None
+        same += _carried(work.graph, tensors)
         if res is None and not same:
             break
         work, new_vals = res or (work, {})
