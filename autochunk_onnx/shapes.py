@@ -29,7 +29,8 @@ def _infer_ort(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    except ImportError:
+    except ImportError as e:
+        _failed("ONNX Runtime's symbolic shape inference is not importable", e)
         return None
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     ssi = None
@@ -90,11 +91,16 @@ def _merge(sk: onnx.ModelProto) -> dict[str, TensorInfo]:
     """
     ort = _infer_ort(sk)
     fb = _collect(_infer_onnx(sk))
+    _ONNX_KNOWN.clear()
+    _ONNX_KNOWN.update(k for k, v in fb.items() if v.numel is not None)
     if ort is None:
         return fb
     merged = _collect(ort)
     merged.update({k: v for k, v in fb.items() if v.numel is not None or k not in merged})
     return merged
+
+
+_ONNX_KNOWN: set[str] = set()  # tensors onnx's engine sized in the last _merge (ORT's may be wrong)
 
 
 def _holes(tensors: dict[str, TensorInfo], model: onnx.ModelProto) -> int:
@@ -115,7 +121,8 @@ def _fold(sk: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> tuple[onnx.Mod
 
     try:
         from onnx.reference import ReferenceEvaluator
-    except ImportError:
+    except ImportError as e:
+        _failed("onnx's reference evaluator (folding) is not importable", e)
         return None
     opset = opset_of(sk)
     values: dict = {}
@@ -199,17 +206,19 @@ SAME_SHAPE_OPS = {"Einsum", "GroupNormalization", "LayerNormalization", "Instanc
 
 
 def _same_shape(model: onnx.ModelProto, tensors: dict[str, TensorInfo]) -> list[TensorInfo]:
-    """Outputs of SAME_SHAPE_OPS nodes not yet declared in `model` (onnx's engine may not infer
-    them), from their first input's shape; ORT's answer is not trusted there (its symbolic inference
-    carries its Einsum mistake down a chain onnx stopped on)."""
+    """Outputs of SAME_SHAPE_OPS nodes that onnx's engine did not size (onnx 1.23 skips function
+    ops such as GroupNormalization-21), from inputs onnx sized; ORT's answer is not trusted there
+    (its symbolic inference carries its Einsum mistake down a chain onnx stopped on)."""
     declared = {vi.name for vi in model.graph.value_info}
-    cur = dict(tensors)  # a chain of them (GroupNormalization -> Tanh) is followed in node order
+    cur = {k: tensors[k] for k in _ONNX_KNOWN if k in tensors}  # a chain (GroupNormalization -> Tanh) is followed
     out = []
     for n in model.graph.node:
         if n.domain not in ("", "ai.onnx") or n.op_type not in SAME_SHAPE_OPS or not n.output or not n.input:
             continue
         t = cur.get(n.input[0])
-        if n.output[0] in declared or t is None or t.numel is None:
+        if n.output[0] in declared or n.output[0] in cur or t is None or t.numel is None:
+            continue
+        if any(i and i not in cur and i not in _ONNX_KNOWN for i in n.input[1:]) and n.op_type == "Einsum":
             continue
         shape = t.shape
         if n.op_type == "Einsum":
@@ -259,17 +268,16 @@ def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
 
     Both engines run on the weightless skeleton: weights stay on disk and no model of any size
     is serialized whole. Where both leave holes, the shape computations that became known are
-    evaluated and both run again (at most 3 times).
+    evaluated and both run again (at most 5 times).
     """
     sk, _ = skeleton(pinned)
     del _FAILURES[:]
     tensors = _merge(sk)
     work = sk
-    for _ in range(3):
+    for _ in range(5):
         holes = _holes(tensors, sk)
-        same = _same_shape(work, tensors)
-        wrong = [t for t in same if tensors.get(t.name) != t]  # unknown, or ORT's Einsum mistake
-        if not holes and not wrong:
+        same = _same_shape(work, tensors)  # empty unless onnx's engine stopped somewhere
+        if not holes and not same:
             break
         res = _fold(work, tensors) if holes else None
         same += _carried(work.graph, tensors)
@@ -284,7 +292,7 @@ def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
         more.update(new_vals)
         # the rerun knew more (folded values, declared shapes): where it finds a size, it wins
         filled = {k: v for k, v in more.items() if v.numel is not None and tensors.get(k) != v}
-        if not filled:
+        if not filled and not same:
             break
         tensors.update(filled)
     for t in pinned.graph.initializer:  # the stripped weights: dims from their protos, as before
