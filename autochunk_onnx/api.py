@@ -277,7 +277,7 @@ class OptimizeResult:
     timings: dict[str, float] = field(default_factory=dict)
     budget: int = 0
     budget_text: str = ""
-    notes: list = field(default_factory=list)  # notes.Note: what was changed or degraded besides chunking
+    notes: list[str] = field(default_factory=list)  # what was changed or degraded besides chunking (texts)
     model: onnx.ModelProto | None = None  # the rewritten model when no output path was given
     input_shapes: dict[str, list[int]] = field(default_factory=dict)  # every input's pinned shape
 
@@ -305,9 +305,9 @@ def optimize(path, out_path=None, budget: str | int = "50%", input_shapes=None, 
                                keep_failed, providers, allow_fallback, atol, rtol, seed, inputs_path, iterations,
                                latency_time_s, max_mem_ratio, max_latency_ratio, max_peak, progress)
         except GateError as e:
-            e.result.notes = list(sink)
+            e.result.notes = [str(n) for n in sink]
             raise
-        result.notes = list(sink)
+        result.notes = [str(n) for n in sink]
         return result
 
 
