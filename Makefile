@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test models bench bench-quick bench-large fuzz clean
+.PHONY: install demo test models bench bench-quick bench-large fuzz check-memory clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,22 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# Regression gate (README "Use in CI"): optimize, verify, and fail (exit 5) when the measured
+# memory ratio or the interleaved latency ratio goes over its limit; the JSON report is kept.
+CHECK_MODEL ?= models/examples/gpt_small.onnx
+CHECK_SHAPE ?= input_ids:1x2048
+CHECK_BUDGET ?= 20%
+CHECK_OUT ?= demo-out
+CHECK_ITERATIONS ?= 10
+MAX_MEM_RATIO ?= 0.25
+MAX_LATENCY_RATIO ?= 1.5
+check-memory: $(STAMP)
+	mkdir -p $(CHECK_OUT)
+	$(BIN)/autochunk-onnx optimize $(CHECK_MODEL) $(CHECK_OUT)/check.chunked.onnx --budget $(CHECK_BUDGET) \
+		--input-shape $(CHECK_SHAPE) --iterations $(CHECK_ITERATIONS) \
+		--max-mem-ratio $(MAX_MEM_RATIO) --max-latency-ratio $(MAX_LATENCY_RATIO) \
+		--report $(CHECK_OUT)/check-memory.json -q
 
 # Real architectures exported with torch (generation-time tools in their own venv).
 models:

@@ -5,6 +5,7 @@ from a previous model, and VmHWM can be reset just before the run. Usage:
 
     python -m autochunk_onnx._measure_child WORKDIR
 
+With `"mode": "latency"` in the request it times several models interleaved instead (`_latency`).
 WORKDIR holds `request.json` and `feeds.npz`; the child writes `result.json` (and the outputs to
 the requested .npz). Errors are reported in result.json as one line, never as a traceback.
 Only numpy and onnxruntime are imported here, to keep the process small and start fast.
@@ -99,18 +100,20 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _model_source(req: dict[str, Any], so) -> str | bytes:
+def _model_source(req: dict[str, Any], so, path: str | None = None, ir_version: int | None = None) -> str | bytes:
     """The model's path, or its bytes at a lowered IR version (onnx 1.23 saves IR 14, which ORT 1.31
     does not load; the parent checked that the model uses nothing newer). External data is then
     found relative to the model's own folder."""
-    if not req.get("ir_version"):
-        return req["model_path"]
+    path = path or req["model_path"]
+    ir_version = ir_version if path != req.get("model_path") else req.get("ir_version")
+    if not ir_version:
+        return path
     import onnx
 
-    model = onnx.load(req["model_path"], load_external_data=False)
-    model.ir_version = int(req["ir_version"])
+    model = onnx.load(path, load_external_data=False)
+    model.ir_version = int(ir_version)
     so.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                os.path.dirname(os.path.abspath(req["model_path"])))
+                                os.path.dirname(os.path.abspath(path)))
     return model.SerializeToString()
 
 
@@ -177,8 +180,9 @@ def _run(req: dict[str, Any], workdir: str) -> dict[str, Any]:
         outputs = dict(zip(out_names, out))
         del out
         # Latency with the session options users run with (arena and memory pattern on): the
-        # memory-measuring options above make every run pay fresh page faults.
-        if not on_cuda:
+        # memory-measuring options above make every run pay fresh page faults. repeats=0: memory
+        # only (verification times both models interleaved in one process instead, see _latency).
+        if not on_cuda and int(req["repeats"]) > 0:
             del sess
             fast = ort.SessionOptions()
             fast.log_severity_level = 3
@@ -208,12 +212,75 @@ def _run(req: dict[str, Any], workdir: str) -> dict[str, Any]:
     }
 
 
+def _latency(req: dict[str, Any], workdir: str) -> dict[str, Any]:
+    """Several models in this one process, ORT's default session options, runs interleaved.
+
+    This is the latency users see: arena and memory pattern on, one warm-up run per model, then
+    rounds of one run of each model, the order alternating (A B, B A, ...) so that drift of the
+    machine (other jobs, clock, page cache) hits every model alike. Rounds: `iterations`, or, with
+    `time_target_s`, as many as fit that time (at least `iterations`, at most `max_iterations`).
+    Progress lines ("progress DONE TOTAL") go to stdout for the parent, at most twice a second.
+    """
+    import onnxruntime as ort
+
+    feeds = load_npz(os.path.join(workdir, "feeds.npz"))
+    sessions = []
+    for path, ir in zip(req["paths"], req.get("ir_versions") or [None] * len(req["paths"])):
+        so = ort.SessionOptions()  # defaults: what users run with
+        so.log_severity_level = 3
+        try:
+            sessions.append(ort.InferenceSession(_model_source(req, so, path, ir), sess_options=so,
+                                                 providers=req["providers"]))
+        except Exception as exc:
+            return {"error": {"stage": "load", "message": f"{os.path.basename(path)}: {_first_line(exc)}"}}
+    n = len(sessions)
+    warm: list[float] = []
+    try:
+        for _ in range(int(req.get("warmup", 1))):
+            for s in sessions:  # lazy allocations, kernel choice, thread pool start
+                t0 = time.perf_counter()
+                s.run(None, feeds)
+                warm.append(time.perf_counter() - t0)
+        iterations = int(req.get("iterations") or 0)
+        target = float(req.get("time_target_s") or 0.0)
+        cap = int(req.get("max_iterations") or 10_000)
+        total = iterations if target <= 0 else None
+        runs: list[list[float]] = [[] for _ in range(n)]
+        start = last_said = time.perf_counter()
+        r = 0
+        while r < cap and (r < iterations or (target > 0 and time.perf_counter() - start < target)):
+            order = range(n) if r % 2 == 0 else range(n - 1, -1, -1)
+            for i in order:
+                t0 = time.perf_counter()
+                out = sessions[i].run(None, feeds)
+                runs[i].append(time.perf_counter() - t0)
+                del out
+            r += 1
+            if req.get("progress") and time.perf_counter() - last_said >= 0.5:
+                last_said = time.perf_counter()
+                print(f"progress {r} {total or '?'}", flush=True)
+    except Exception as exc:
+        return {"error": {"stage": "run", "message": _first_line(exc)}}
+    if r == 0:
+        return {"error": {"stage": "run", "message": "no timed round (iterations 0 and no time target)"}}
+    med = [statistics.median(x) for x in runs]
+    round_ratios = [statistics.median(b / a for a, b in zip(runs[0], runs[i]) if a > 0) for i in range(n)]
+    return {
+        "medians_s": med, "mins_s": [min(x) for x in runs], "maxs_s": [max(x) for x in runs], "runs_s": runs,
+        "rounds": r, "warmup": int(req.get("warmup", 1)), "warmup_s": warm,
+        "ratios": [m / med[0] if med[0] > 0 else None for m in med],
+        "round_ratio_medians": round_ratios,
+        "providers": [s.get_providers() for s in sessions],
+        "cpu_count": os.cpu_count(),
+    }
+
+
 def main(argv: list[str]) -> int:
     workdir = argv[1]
     with open(os.path.join(workdir, "request.json")) as f:
         req = json.load(f)
     try:
-        result = _run(req, workdir)
+        result = _latency(req, workdir) if req.get("mode") == "latency" else _run(req, workdir)
     except MemoryError:
         result = {"error": {"stage": "run", "message": "out of memory (MemoryError)"}}
     except Exception as exc:  # a bug here: report it in one line, keep the traceback for debugging

@@ -1,32 +1,35 @@
 """The Python API: load -> shapes -> estimate -> plan -> rewrite -> verify -> report.
 
 The CLI is a thin layer over these functions; they raise AutochunkError subclasses carrying the
-exit code, and never print.
+exit code, and never print. Models are given as a path or as an onnx.ModelProto; input shapes as
+{"name": [1, 4096]}, "name:1x4096 other:1x4096", or a list of such strings.
 """
 from __future__ import annotations
 
-import functools
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Union
 
 import onnx
 
-from . import notes
+from . import notes as _notes
+from . import providers as _providers
 from .budget import parse_budget
 from .compare import OutputDiff, all_ok, compare_outputs
-from .errors import AutochunkError, BadInputError, BudgetUnreachableError, VerificationError
+from .errors import BadInputError, BudgetUnreachableError, GateError, VerificationError
+from .gates import Gate, check as check_gates
 from .peak import Estimate, estimate_graph
 from .graph import Graph
 from .inputs import load_inputs, make_inputs
-from .loader import (LOOP_OPSET, default_opset, ir_for_ort, load_model, parse_input_shapes, pin_input_shapes,
-                     unpinned_inputs, upgrade_opset)
-from ._measure_child import save_npz
-from .measure import Measurement, measure
 from .paths import check_model_output, check_writable_file
+from ._measure_child import save_npz
+from .loader import (ir_for_ort, BATCH_SYMBOLS, LOOP_OPSET, default_opset, load_model, parse_input_shapes, pin_input_shapes,
+                     unpinned_error, upgrade_opset, validate_model)
+from .measure import Latency, Measurement, interleaved, measure
 from .plan import Plan
 from .planner import plan
 from .rewrite import rewrite
@@ -34,63 +37,108 @@ from .save import discard, publish, publish_as, save_model, stage
 from .shapes import infer_graph, infer_shapes, require_shapes, skeleton
 
 
-def _noted(fn):
-    """Run an API call inside one notes collector: its result's `notes` (and a raised error's
-    `notes`) get the texts of every degraded or changed path taken, in order."""
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        with notes.collect() as sink:
-            try:
-                result = fn(*args, **kwargs)
-            except AutochunkError as e:
-                e.notes = [n.text for n in sink]
-                raise
-            for r in result if isinstance(result, tuple) else (result,):
-                if hasattr(r, "notes"):
-                    r.notes = [n.text for n in sink]
-            return result
-    return call
-
-
 @dataclass
 class Loaded:
-    """A model read from disk (weights left there), pinned and shape-inferred."""
+    """A model read from disk (weights left there) or given in memory, pinned and shape-inferred."""
 
-    path: Path
+    path: Path | None  # None: given as a ModelProto
     original: onnx.ModelProto
     pinned: onnx.ModelProto
     graph: Graph
     shapes: dict[str, tuple[int, ...]]  # concrete shape of every graph input
-    notes: list[str] = field(default_factory=list)  # degraded or changed paths taken (see notes.py)
+    notes: list[str] = field(default_factory=list)  # degraded or changed paths taken (api.estimate fills it)
 
 
-def load(path: str | os.PathLike, input_shapes: dict[str, list[int]] | list[str] | tuple[str, ...] | None = None) -> Loaded:
-    """Load, pin the input dims, infer every shape; BadInputError names what is missing."""
-    if input_shapes is None:
-        input_shapes = {}
-    if not isinstance(input_shapes, dict):
-        input_shapes = parse_input_shapes(input_shapes)
-    return _prepare(Path(path), load_model(path), input_shapes)
+ModelLike = Union[str, os.PathLike, onnx.ModelProto]
 
 
-def _prepare(path: Path, original: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> Loaded:
+def _read(model: ModelLike) -> tuple[Path | None, onnx.ModelProto]:
+    """(path or None, proto): a path is parsed with weights left on disk; a proto is checked and
+    used as is (never modified: pinning works on a copy)."""
+    if isinstance(model, onnx.ModelProto):
+        validate_model(model, "ModelProto", None)
+        return None, model
+    if not isinstance(model, (str, os.PathLike)):
+        raise BadInputError(f"model: expected a path or an onnx.ModelProto, got {type(model).__name__}")
+    return Path(model), load_model(model)
+
+
+def load(model: ModelLike, input_shapes=None) -> Loaded:
+    """Load, pin the input dims, infer every shape; BadInputError names every dim still missing."""
+    path, original = _read(model)
+    return _prepare(path, original, parse_input_shapes(input_shapes))
+
+
+def _prepare(path: Path | None, original: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> Loaded:
     ir_for_ort(original)  # exit 2 now when ORT cannot read the model at any IR it supports
     pinned = onnx.ModelProto()
     pinned.CopyFrom(original)  # weights are external (or small): a cheap copy
     pin_input_shapes(pinned, input_shapes)
-    missing = unpinned_inputs(pinned)
-    if missing:
-        raise BadInputError(f"input dim not pinned: {missing[0]}; hint: pass --input-shape NAME:DIMS for every dynamic input")
+    missing = unpinned_error(pinned)
+    if missing is not None:
+        raise missing
     graph = infer_graph(pinned)
     require_shapes(graph)
     shapes = {n: graph.shape(n) for n in graph.input_names}
     return Loaded(path, original, pinned, graph, shapes)
 
 
-@_noted
-def estimate(path, input_shapes=None) -> tuple[Loaded, Estimate]:
-    m = load(path, input_shapes)
-    return m, estimate_graph(m.graph)
+def estimate(model: ModelLike, input_shapes=None) -> tuple[Loaded, Estimate]:
+    """(the loaded model, its estimated peak activation memory and what is live at the peak)."""
+    with _notes.collect() as sink:
+        m = load(model, input_shapes)
+        est = estimate_graph(m.graph)
+        m.notes = [str(n) for n in sink]
+    return m, est
+
+
+@dataclass
+class ModelInfo:
+    """A model's inputs and outputs as declared: dims are ints, symbol names, or None (unnamed)."""
+
+    inputs: list[tuple[str, str, list]]  # (name, numpy dtype name, dims)
+    outputs: list[tuple[str, str, list]]
+    symbols: list[str]  # symbolic dims of the inputs, in order of first appearance
+
+    def input_shape_line(self, values: dict[str, int] | None = None) -> str:
+        """A --input-shape line: given symbol values filled in, batch-like symbols 1, others in capitals."""
+        values = values or {}
+        parts = []
+        for name, _, dims in self.inputs:
+            text = []
+            for k, d in enumerate(dims):
+                if isinstance(d, int):
+                    text.append(str(d))
+                elif d is not None and d in values:
+                    text.append(str(values[d]))
+                elif d is not None and d.lower() in BATCH_SYMBOLS:
+                    text.append("1")
+                else:
+                    text.append((d or f"{name}_dim{k}").upper())
+            parts.append(f"{name}:{'x'.join(text) if text else '[]'}")
+        return "--input-shape " + " ".join(parts)
+
+
+def inspect(model: ModelLike) -> ModelInfo:
+    """The inputs and outputs a user must know to pin shapes (no shape inference, no weights read)."""
+    _, proto = _read(model)
+    inits = {t.name for t in proto.graph.initializer}
+
+    def rows(vis):
+        out = []
+        for vi in vis:
+            if vi.name in inits:
+                continue
+            tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt is not None and tt.elem_type else "?"
+            dims = [] if tt is None else [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                          for d in tt.shape.dim]
+            out.append((vi.name, dtype, dims))
+        return out
+
+    ins = rows(proto.graph.input)
+    symbols = list(dict.fromkeys(d for _, _, dims in ins for d in dims if isinstance(d, str)))
+    return ModelInfo(ins, rows(proto.graph.output), symbols)
 
 
 def dynamic_shapes(m: Loaded) -> dict[str, tuple]:
@@ -106,23 +154,26 @@ def dynamic_shapes(m: Loaded) -> dict[str, tuple]:
         pin_input_shapes(second, shapes2)
         tensors = infer_shapes(second)
     except Exception as e:  # noqa: BLE001 - without it every dim is declared symbolic, still correct
-        notes.note(f"shape inference at a second input size failed ({type(e).__name__}: {str(e)[:200]}): "
-                   "loops are judged without it")
+        _notes.note(f"shape inference at a second input size failed ({type(e).__name__}: {str(e)[:200]}): "
+                    "loops are judged without it")
         return {}
     return {k: v.shape for k, v in tensors.items() if v.shape is not None and None not in v.shape}
 
 
 @dataclass
 class VerifyReport:
-    """Both models run on the same inputs: per-output differences, memory and latency of each."""
+    """Both models run on the same inputs: per-output differences, memory of each (measured alone,
+    arena off), latency of both (interleaved in one process, default session options), gates."""
 
     ok: bool
     diffs: list[OutputDiff]
     original: Measurement
     chunked: Measurement
-    atol: float | None
+    atol: float | None  # as given; None: the per-dtype defaults (each output's effective pair is in diffs)
     rtol: float | None
-    notes: list[str] = field(default_factory=list)  # degraded or changed paths taken (see notes.py)
+    latency: Latency | None = None
+    gates: list[Gate] = field(default_factory=list)
+    budget: int | None = None  # optimize's budget in bytes: the measured chunked peak is judged against it
 
     @property
     def mem_ratio(self) -> float:
@@ -130,39 +181,110 @@ class VerifyReport:
 
     @property
     def latency_ratio(self) -> float:
-        return self.chunked.latency_s / self.original.latency_s if self.original.latency_s > 0 else float("nan")
+        """median(chunked) / median(original) of the interleaved runs (NaN when not timed)."""
+        return self.latency.ratio(1) if self.latency is not None else float("nan")
+
+    @property
+    def over_budget(self) -> bool | None:
+        if self.budget is None or self.chunked.peak_bytes < 0:
+            return None
+        return self.chunked.peak_bytes > self.budget
+
+    @property
+    def failed_gates(self) -> list[Gate]:
+        return [g for g in self.gates if not g.ok]
 
 
-@_noted
-def verify(original_path, chunked_path, input_shapes=None, *, feeds=None, inputs_path: str | None = None,
-           providers: list[str] | None = None, atol: float | None = None, rtol: float | None = None,
-           seed: int = 0, repeats: int = 3, loaded: Loaded | None = None,
+@contextmanager
+def _on_disk(model: ModelLike, tmp: str, name: str) -> Iterator[str]:
+    """A path ORT can load: the model's own path, or the ModelProto saved under `tmp`."""
+    if isinstance(model, onnx.ModelProto):
+        path = os.path.join(tmp, name)
+        onnx.save(model, path)
+        yield path
+    else:
+        yield str(model)
+
+
+def verify(original, chunked, input_shapes=None, *, feeds=None, inputs_path: str | None = None,
+           providers: list[str] | str | None = None, allow_fallback: bool = False, atol: float | None = None,
+           rtol: float | None = None, seed: int = 0, iterations: int | None = None,
+           latency_time_s: float | None = None, measure_latency: bool = True,
+           max_mem_ratio: float | None = None, max_latency_ratio: float | None = None, max_peak=None,
+           loaded: Loaded | None = None, progress: Callable[[str], None] | None = None,
            save_inputs: str | os.PathLike | None = None) -> VerifyReport:
-    """Run both models (each in its own child process) and compare every output; `save_inputs`
-    keeps the inputs used (.npz, one array per input name) to replay them with --load-inputs."""
-    if save_inputs is not None:
-        check_writable_file(save_inputs, "--save-inputs")
+    """Run both models (path or ModelProto) on the same inputs and compare every output.
+
+    Memory: each model alone in a fresh child (arena off). Latency: both in one child, default
+    session options, warm-up, `iterations` interleaved rounds or `latency_time_s` of them. Returns
+    the report (ok False when outputs differ); raises GateError (exit 5) when outputs match but a
+    gate fails, BadInputError when a requested provider is missing or was not really used.
+    """
+    with _notes.collect():
+        if save_inputs is not None:
+            check_writable_file(save_inputs, "--save-inputs")
+        wanted = _providers.resolve(providers, allow_fallback)
+        max_peak_b = parse_budget(max_peak, flag="--max-peak") if max_peak is not None else None
+        with tempfile.TemporaryDirectory(prefix="autochunk-verify-") as tmp, \
+                _on_disk(original, tmp, "original.onnx") as a_path, _on_disk(chunked, tmp, "chunked.onnx") as b_path:
+            rep = _verify(a_path, b_path, input_shapes, feeds=feeds, inputs_path=inputs_path, providers=wanted,
+                          allow_fallback=allow_fallback, atol=atol, rtol=rtol, seed=seed, iterations=iterations,
+                          latency_time_s=latency_time_s, measure_latency=measure_latency, loaded=loaded,
+                          progress=progress, save_inputs=save_inputs,
+                          model=original if isinstance(original, onnx.ModelProto) else None)
+        rep.gates = check_gates(rep.mem_ratio, rep.latency_ratio, rep.chunked.peak_bytes, max_mem_ratio=max_mem_ratio,
+                                max_latency_ratio=max_latency_ratio, max_peak=max_peak_b)
+        if rep.ok and rep.failed_gates:
+            raise GateError(_gate_message(rep), result=rep, gates=rep.gates)
+        return rep
+
+
+def _gate_message(rep: VerifyReport) -> str:
+    failed = rep.failed_gates
+    return "gate failed: " + "; ".join(g.line() for g in failed) + " (outputs match)"
+
+
+def _verify(a_path: str, b_path: str, input_shapes, *, feeds, inputs_path, providers, allow_fallback, atol, rtol,
+            seed, iterations, latency_time_s, measure_latency, loaded, progress, model=None,
+            save_inputs=None) -> VerifyReport:
+    say = progress or (lambda _msg: None)
     if feeds is None:
         if inputs_path:
             feeds = load_inputs(inputs_path)
         else:
-            m = loaded or load(original_path, input_shapes)
+            m = loaded or load(model if model is not None else a_path, input_shapes)
             feeds = make_inputs(m.original, m.shapes, seed=seed)
-    if save_inputs is not None:
-        save_npz(str(save_inputs), feeds)
+    if save_inputs is not None:  # to replay them with --load-inputs
+        save_npz(os.fspath(save_inputs), feeds)
     with tempfile.TemporaryDirectory(prefix="autochunk-verify-") as tmp:
-        a = measure(str(original_path), feeds, providers=providers, repeats=repeats, keep_outputs=True,
+        say("measuring peak memory of the original (own process, arena off)")
+        a = measure(a_path, feeds, providers=providers, repeats=0, keep_outputs=True,
                     outputs_path=os.path.join(tmp, "a.npz"))
-        b = measure(str(chunked_path), feeds, providers=providers, repeats=repeats, keep_outputs=True,
+        _providers.check_active(providers, a.providers, allow_fallback, "the original")
+        say("measuring peak memory of the chunked model (own process, arena off)")
+        b = measure(b_path, feeds, providers=providers, repeats=0, keep_outputs=True,
                     outputs_path=os.path.join(tmp, "b.npz"))
+        _providers.check_active(providers, b.providers, allow_fallback, "the chunked model")
         ref, got = load_inputs(a.outputs_path), load_inputs(b.outputs_path)
     a.outputs_path = b.outputs_path = None
     diffs = compare_outputs(ref, got, atol=atol, rtol=rtol)
-    return VerifyReport(all_ok(diffs), diffs, a, b, atol, rtol)
+    lat = None
+    if measure_latency:
+        what = f"{iterations} rounds" if iterations else (f"{latency_time_s:g} s" if latency_time_s else "10 rounds")
+        say(f"timing original and chunked interleaved in one process ({what}, default session options)")
+
+        def tick(done: int, total: int | None) -> None:
+            say(f"latency: round {done}/{total}" if total else f"latency: round {done}")
+
+        lat = interleaved([a_path, b_path], feeds, providers or a.providers, iterations=iterations,
+                          time_target_s=latency_time_s, progress=tick if progress else None)
+    return VerifyReport(all_ok(diffs), diffs, a, b, atol, rtol, latency=lat)
 
 
 @dataclass
 class OptimizeResult:
+    """What optimize did: the plan, where the model went (or the model itself), what was measured."""
+
     plan: Plan
     output_path: Path | None
     written: list[Path] = field(default_factory=list)
@@ -170,31 +292,65 @@ class OptimizeResult:
     timings: dict[str, float] = field(default_factory=dict)
     budget: int = 0
     budget_text: str = ""
-    notes: list[str] = field(default_factory=list)  # degraded or changed paths taken (opset raised, IR lowered, ...)
+    notes: list[str] = field(default_factory=list)  # what was changed or degraded besides chunking (texts)
+    model: onnx.ModelProto | None = None  # the rewritten model when no output path was given
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)  # every input's pinned shape
+
+    @property
+    def gates(self) -> list[Gate]:
+        return self.verify.gates if self.verify else []
 
 
-@_noted
-def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_output: bool = True,
+def optimize(path, out_path=None, budget: str | int = "50%", input_shapes=None, *, verify_output: bool = True,
              best_effort: bool = False, dry_run: bool = False, force: bool = False, keep_failed: bool = False,
-             providers: list[str] | None = None, atol: float | None = None, rtol: float | None = None,
-             seed: int = 0, inputs_path: str | None = None, save_inputs: str | os.PathLike | None = None,
-             progress: Callable[[str], None] | None = None) -> OptimizeResult:
-    """Plan and write a chunked model that fits `budget`; verify it unless told not to."""
+             providers: list[str] | str | None = None, allow_fallback: bool = False, atol: float | None = None,
+             rtol: float | None = None, seed: int = 0, inputs_path: str | None = None,
+             iterations: int | None = None, latency_time_s: float | None = None,
+             max_mem_ratio: float | None = None, max_latency_ratio: float | None = None, max_peak=None,
+             progress: Callable[[str], None] | None = None,
+             save_inputs: str | os.PathLike | None = None) -> OptimizeResult:
+    """Plan and rewrite `path` (a path or a ModelProto) so its estimated peak fits `budget`; verify it
+    unless told not to; write it to `out_path`, or, without one, return it as `result.model`.
+
+    Raises BadInputError (2), BudgetUnreachableError (3, unless best_effort), VerificationError (4,
+    nothing written), GateError (5: outputs match, a gate failed; the model IS written, `.result`).
+    """
+    with _notes.collect() as sink:
+        try:
+            result = _optimize(path, out_path, budget, input_shapes, verify_output, best_effort, dry_run, force,
+                               keep_failed, providers, allow_fallback, atol, rtol, seed, inputs_path, iterations,
+                               latency_time_s, max_mem_ratio, max_latency_ratio, max_peak, progress, save_inputs)
+        except GateError as e:
+            e.result.notes = [str(n) for n in sink]
+            raise
+        result.notes = [str(n) for n in sink]
+        return result
+
+
+def _optimize(path, out_path, budget, input_shapes, verify_output, best_effort, dry_run, force, keep_failed,
+              providers, allow_fallback, atol, rtol, seed, inputs_path, iterations, latency_time_s,
+              max_mem_ratio, max_latency_ratio, max_peak, progress, save_inputs=None) -> OptimizeResult:
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    src = Path(path)
+    src, original_proto = _read(path)
     out = Path(out_path) if out_path is not None else None
+    gated = any(x is not None for x in (max_mem_ratio, max_latency_ratio, max_peak))
+    if gated and not verify_output and not dry_run:
+        raise BadInputError("--max-mem-ratio, --max-latency-ratio and --max-peak need the verification run; "
+                            "drop --no-verify")
+    wanted = _providers.resolve(providers, allow_fallback) if verify_output and not dry_run else None
+    max_peak_b = parse_budget(max_peak, flag="--max-peak") if max_peak is not None else None
     if out is not None and not dry_run:
         check_model_output(src, out, force, keep_failed)
     if save_inputs is not None:
         check_writable_file(save_inputs, "--save-inputs")
     say("loading and inferring shapes")
-    m = load(src, input_shapes)
+    m = _prepare(src, original_proto, parse_input_shapes(input_shapes))
     timings["load_s"] = time.perf_counter() - t
     t = time.perf_counter()
     original = estimate_graph(m.graph)
-    budget_bytes = budget if isinstance(budget, int) else parse_budget(budget, original.peak_bytes)
+    budget_bytes = parse_budget(budget, original.peak_bytes)
     timings["estimate_s"] = time.perf_counter() - t
     say("searching chunk regions")
     t = time.perf_counter()
@@ -207,14 +363,16 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
         p2 = _plan(m2, budget_bytes, estimate_graph(m2.graph))
         if p2.regions:  # else nothing to chunk after all: the model keeps its opset
             m, p = m2, p2
-            notes.note(f"opset raised from {old_opset} to {LOOP_OPSET}: Loop over sequences needs it", kind=notes.CHANGED)
+            _notes.note(f"opset raised from {old_opset} to {LOOP_OPSET}: Loop over sequences needs it", kind=_notes.CHANGED)
     timings["search_s"] = time.perf_counter() - t
-    result = OptimizeResult(p, None, timings=timings, budget=budget_bytes, budget_text=str(budget))
+    result = OptimizeResult(p, None, timings=timings, budget=budget_bytes, budget_text=str(budget),
+                            input_shapes={k: list(v) for k, v in m.shapes.items()})
     if not p.fits and not best_effort:
         where = f"peak at node {p.final.peak_node}, {p.final.peak_op}"
         raise BudgetUnreachableError(
-            f"budget {_fmt(budget_bytes)} unreachable: best plan reaches {_fmt(p.final.peak_bytes)} ({where})", best_plan=p)
-    if dry_run or out is None:
+            f"budget {_fmt(budget_bytes)} unreachable: best plan reaches {_fmt(p.final.peak_bytes)} ({where})",
+            best_plan=p, result=result)
+    if dry_run:
         return result
     say("rewriting into Loops")
     t = time.perf_counter()
@@ -222,39 +380,76 @@ def optimize(path, out_path, budget: str | int, input_shapes=None, *, verify_out
     if p.regions:
         _record_change(model, p)
     timings["rewrite_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not verify_output:
-        written = save_model(model, out, src.parent)
-        timings["write_s"] = time.perf_counter() - t
-    else:
-        # staged under its final name next to OUTPUT, verified there, then moved in by rename:
-        # the weights are copied once
-        staged = stage(model, out, src.parent)
-        timings["write_s"] = time.perf_counter() - t
-        say("verifying in ONNX Runtime")
-        t = time.perf_counter()
-        try:
-            rep = verify(src, staged, feeds=None, inputs_path=inputs_path, providers=providers, atol=atol, rtol=rtol,
-                         seed=seed, loaded=m, save_inputs=save_inputs)
-        except BaseException:
-            discard(staged)
-            raise
-        timings["verify_s"] = time.perf_counter() - t
-        result.verify = rep
-        if not rep.ok:
-            if keep_failed:
-                publish_as(staged, out.with_name(out.name + ".failed.onnx"))
+    with tempfile.TemporaryDirectory(prefix="autochunk-optimize-") as tmp:
+        src_dir = src.parent if src is not None else Path(tmp)
+        if out is None:  # in memory: verify a temporary copy, hand back the model itself
+            result.model = model
+            if verify_output:
+                staged = Path(tmp) / "chunked.onnx"
+                onnx.save(model, str(staged))
+                result.verify = _verify_timed(result, m, src, original_proto, tmp, staged, inputs_path, wanted,
+                                              allow_fallback, atol, rtol, seed, iterations, latency_time_s, say, save_inputs)
+                if not result.verify.ok:
+                    raise VerificationError(_mismatch(result.verify), report=result.verify)
+        else:
+            t = time.perf_counter()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if not verify_output:
+                result.written = save_model(model, out, src_dir)
+                timings["write_s"] = time.perf_counter() - t
             else:
-                discard(staged)
-            bad = next(d for d in rep.diffs if not d.ok)
-            raise VerificationError(
-                f"verification failed: output {bad.name!r} differs (max abs {bad.max_abs:.3g}, max rel {bad.max_rel:.3g}, "
-                f"{bad.mismatches}/{bad.total} elements out of tolerance{'; ' + bad.note if bad.note else ''})", report=rep)
-        written = publish(staged, out)
-    result.output_path = out
-    result.written = written
+                # staged under its final name next to OUTPUT, verified there, then moved in by rename:
+                # the weights are copied once
+                staged = stage(model, out, src_dir)
+                timings["write_s"] = time.perf_counter() - t
+                try:
+                    rep = _verify_timed(result, m, src, original_proto, tmp, staged, inputs_path, wanted,
+                                        allow_fallback, atol, rtol, seed, iterations, latency_time_s, say, save_inputs)
+                except BaseException:
+                    discard(staged)
+                    raise
+                result.verify = rep
+                if not rep.ok:
+                    if keep_failed:
+                        publish_as(staged, out.with_name(out.name + ".failed.onnx"))
+                    else:
+                        discard(staged)
+                    raise VerificationError(_mismatch(rep), report=rep)
+                result.written = publish(staged, out)
+            result.output_path = out
+    rep = result.verify
+    if rep is not None:
+        rep.budget = budget_bytes
+        if rep.over_budget:
+            est = p.final.peak_bytes
+            _notes.note(f"measured chunked peak {_fmt(rep.chunked.peak_bytes)} is over the budget {_fmt(budget_bytes)} "
+                        f"(+{rep.chunked.peak_bytes / budget_bytes - 1:.1%}; estimated {_fmt(est)}): the budget bounds the "
+                        f"estimate; use --max-peak to fail on the measured figure", kind=_notes.INFO)
+        rep.gates = check_gates(rep.mem_ratio, rep.latency_ratio, rep.chunked.peak_bytes, max_mem_ratio=max_mem_ratio,
+                                max_latency_ratio=max_latency_ratio, max_peak=max_peak_b)
+        if rep.failed_gates:
+            raise GateError(_gate_message(rep) + ("; the model was written" if result.written else ""),
+                            result=result, gates=rep.gates)
     return result
+
+
+def _verify_timed(result: OptimizeResult, m: Loaded, src: Path | None, original_proto, tmp: str, staged: Path,
+                  inputs_path, wanted, allow_fallback, atol, rtol, seed, iterations, latency_time_s, say, save_inputs):
+    say("verifying in ONNX Runtime")
+    t = time.perf_counter()
+    with _on_disk(original_proto if src is None else src, tmp, "original.onnx") as a_path:
+        rep = _verify(a_path, str(staged), None, feeds=None, inputs_path=inputs_path, providers=wanted,
+                      allow_fallback=allow_fallback, atol=atol, rtol=rtol, seed=seed, iterations=iterations,
+                      latency_time_s=latency_time_s, measure_latency=True, loaded=m, progress=say,
+                      save_inputs=save_inputs)
+    result.timings["verify_s"] = time.perf_counter() - t
+    return rep
+
+
+def _mismatch(rep: VerifyReport) -> str:
+    bad = next(d for d in rep.diffs if not d.ok)
+    return (f"verification failed: output {bad.name!r} differs (max abs {bad.max_abs:.3g}, max rel {bad.max_rel:.3g}, "
+            f"{bad.mismatches}/{bad.total} elements out of tolerance{'; ' + bad.note if bad.note else ''})")
 
 
 def _plan(m: Loaded, budget: int, original: Estimate) -> Plan:
@@ -271,8 +466,6 @@ def _record_change(model: onnx.ModelProto, p: Plan) -> None:
         entry = model.metadata_props.add()
         entry.key = "autochunk"
     entry.value = f"{len(p.regions)} chunked regions; estimated peak {p.original.peak_bytes} -> {p.final.peak_bytes} bytes"
-
-
 
 
 def _fmt(n: int) -> str:

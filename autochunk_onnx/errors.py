@@ -10,6 +10,7 @@ EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_BUDGET_UNREACHABLE = 3
 EXIT_VERIFY_FAILED = 4
+EXIT_GATE_FAILED = 5
 
 
 class AutochunkError(Exception):
@@ -29,9 +30,10 @@ class BudgetUnreachableError(AutochunkError):
 
     exit_code = EXIT_BUDGET_UNREACHABLE
 
-    def __init__(self, message: str, best_plan=None):
+    def __init__(self, message: str, best_plan=None, result=None):
         super().__init__(message)
         self.best_plan = best_plan
+        self.result = result  # the API's result so far (budget, input shapes), for reports
 
 
 class VerificationError(AutochunkError):
@@ -42,3 +44,15 @@ class VerificationError(AutochunkError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+class GateError(AutochunkError):
+    """Outputs match, but a regression gate (--max-mem-ratio, --max-latency-ratio, --max-peak)
+    failed or could not be checked (exit 5). `result` is the API's result (the model is written)."""
+
+    exit_code = EXIT_GATE_FAILED
+
+    def __init__(self, message: str, result=None, gates=None):
+        super().__init__(message)
+        self.result = result
+        self.gates = gates or []

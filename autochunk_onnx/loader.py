@@ -36,6 +36,16 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise BadInputError(f"{p}: not a valid ONNX model (truncated or not ONNX: {type(e).__name__})") from e
     except OSError as e:
         raise BadInputError(f"{p}: cannot read: {e.strerror or e}") from e
+    validate_model(model, str(p), p.parent)
+    return model
+
+
+def validate_model(model: onnx.ModelProto, label: str, base: Path | None) -> None:
+    """The checks every input model gets, read from a file or given as a ModelProto (`base` None:
+    external data cannot be resolved, so it is refused)."""
+    p = label
+    if not isinstance(model, onnx.ModelProto):
+        raise BadInputError(f"{label}: expected a path or an onnx.ModelProto, got {type(model).__name__}")
     if not model.HasField("graph") or len(model.graph.node) == 0 and len(model.graph.output) == 0:
         raise BadInputError(f"{p}: not an ONNX model (no graph found)")
     if model.ir_version == 0 or model.ir_version > MAX_IR_VERSION:
@@ -43,8 +53,13 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     for o in model.opset_import:
         if is_standard(o.domain) and (o.version < 1 or o.version > MAX_OPSET):
             raise BadInputError(f"{p}: unsupported opset {o.version} (supported: 1..{MAX_OPSET})")
-    check_external_data(model, p.parent)
-    return model
+    if base is None:
+        ext = next((t.name for t in _external_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL), None)
+        if ext is not None:
+            raise BadInputError(f"{p}: initializer {ext!r} has external data, which a ModelProto cannot locate; "
+                                f"pass the model's path instead")
+    else:
+        check_external_data(model, base)
 
 
 def _external_tensors(model: onnx.ModelProto):
@@ -71,47 +86,82 @@ def check_external_data(model: onnx.ModelProto, base: Path) -> None:
             raise BadInputError(f"initializer {t.name!r}: external data file {loc!r} is truncated ({target.stat().st_size} bytes, needs {need})")
 
 
-_SPEC = re.compile(r"^\s*(?P<name>[^:\s][^:]*?)\s*:\s*(?P<dims>\[[^\]]*\]|[0-9x*\s]+)\s*$")
+_DIMS = re.compile(r"^(?:\[(?P<b>[^\]]*)\]|\((?P<p>[^)]*)\)|(?P<x>[0-9]+(?:\s*[xX*,]\s*[0-9]+)*))$")
+SHAPE_FORMS = "NAME:1x4096, NAME:[1,4096] or NAME:1,4096"
 
 
-def parse_input_shapes(specs: list[str] | tuple[str, ...]) -> dict[str, list[int]]:
-    """Parse `NAME:1x4096` or Polygraphy's `NAME:[1,4096]`; several via repeats or commas."""
+def parse_input_shapes(specs) -> dict[str, list[int]]:
+    """Parse input shapes as users of Polygraphy, onnxsim and trtexec write them.
+
+    `specs` is one string or a list of them; each may hold several specs separated by spaces, and by
+    commas where a comma starts a new NAME:DIMS. The name is split from the dims on the LAST colon
+    (`input_ids:0:1x1024` names `input_ids:0`); dims are `1x1024`, `[1,1024]`, `(1,1024)` or `1,1024`
+    (`[]` is a scalar). A dict {name: dims} is accepted too (dims as a list or as such a string).
+    """
+    if specs is None:
+        return {}
+    if isinstance(specs, dict):
+        return {str(k): _dims_of(str(k), v) for k, v in specs.items()}
+    if isinstance(specs, str):
+        specs = [specs]
     out: dict[str, list[int]] = {}
     for spec in specs:
+        if not isinstance(spec, str):
+            raise BadInputError(f"--input-shape {spec!r}: expected a string like {SHAPE_FORMS}")
         for item in _split_specs(spec):
-            m = _SPEC.match(item)
-            if not m:
-                raise BadInputError(f"--input-shape {item!r}: expected NAME:1x4096 or NAME:[1,4096]")
-            dims_s = m.group("dims").strip()
-            parts = dims_s.strip("[]").replace("x", ",").replace("*", ",").split(",")
-            try:
-                dims = [int(d) for d in parts if d.strip()]
-            except ValueError:
-                raise BadInputError(f"--input-shape {item!r}: dims must be integers") from None
-            if not dims and dims_s != "[]":
-                raise BadInputError(f"--input-shape {item!r}: no dims given")
-            if any(d <= 0 for d in dims):
-                raise BadInputError(f"--input-shape {item!r}: dims must be positive")
-            out[m.group("name")] = dims
+            name, sep, dims = item.rpartition(":")
+            name = name.strip()
+            if not sep or not name:
+                raise BadInputError(f"--input-shape {item!r}: expected {SHAPE_FORMS} (name and dims split on the last colon)")
+            out[name] = _dims_of(name, dims, item)
     return out
 
 
+def _dims_of(name: str, dims, item: str | None = None) -> list[int]:
+    """Dims from a list of ints or one of the accepted strings; positive integers only."""
+    shown = item if item is not None else f"{name}:{dims}"
+    if isinstance(dims, (list, tuple)):
+        vals = list(dims)
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in vals):
+            raise BadInputError(f"--input-shape {shown!r}: dims must be integers")
+    else:
+        text = str(dims).strip()
+        m = _DIMS.match(text)
+        if not m:
+            raise BadInputError(f"--input-shape {shown!r}: dims must be integers, as in {SHAPE_FORMS}")
+        body = next(g for g in (m.group("b"), m.group("p"), m.group("x"), "") if g is not None)
+        parts = [p.strip() for p in re.split(r"[xX*,]", body)] if body.strip() else []
+        try:
+            vals = [int(p) for p in parts]
+        except ValueError:
+            raise BadInputError(f"--input-shape {shown!r}: dims must be integers, as in {SHAPE_FORMS}") from None
+    if any(d <= 0 for d in vals):
+        raise BadInputError(f"--input-shape {shown!r}: dims must be positive")
+    return vals
+
+
 def _split_specs(spec: str) -> list[str]:
-    """Split on commas that are not inside [...]."""
-    items, depth, cur = [], 0, ""
+    """Split one argument into NAME:DIMS items: on spaces outside brackets, and on commas outside
+    brackets that start a new item (the next piece has a colon; `a:1,1024` stays one item)."""
+    pieces, depth, cur = [], 0, ""
     for ch in spec:
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-        if ch == "," and depth == 0:
-            items.append(cur)
+        depth += ch in "[("
+        depth -= ch in "])"
+        if depth == 0 and (ch == "," or ch.isspace()):
+            pieces.append((cur, ch))
             cur = ""
         else:
             cur += ch
-    if cur.strip():
-        items.append(cur)
-    return items
+    pieces.append((cur, ""))
+    items: list[str] = []
+    for text, sep in pieces:
+        if not text.strip():
+            continue
+        if items and ":" not in text and items[-1][1] == ",":
+            items[-1] = (items[-1][0] + "," + text, sep)  # more dims of the previous item
+        else:
+            items.append((text, sep))
+    return [t.strip() for t, _ in items]
 
 
 def _subgraph_values(graph: onnx.GraphProto) -> list:
@@ -171,7 +221,7 @@ def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> di
 
 
 def unpinned_inputs(model: onnx.ModelProto) -> list[str]:
-    """Inputs that still have a dim without a value, as 'name[dim k (symbol)]' strings."""
+    """Inputs that still have a dim without a value, as 'name dim k (symbol)' strings."""
     inits = {t.name for t in model.graph.initializer}
     missing = []
     for vi in model.graph.input:
@@ -181,6 +231,38 @@ def unpinned_inputs(model: onnx.ModelProto) -> list[str]:
             if not d.HasField("dim_value"):
                 missing.append(f"{vi.name} dim {k} ({d.dim_param or '?'})")
     return missing
+
+
+def unpinned_error(model: onnx.ModelProto) -> BadInputError | None:
+    """One error naming EVERY dim still without a value, with the flag to pass (None: all pinned).
+
+    Names learnt one run at a time made a UNet take three runs; this lists them all at once and
+    shows a --input-shape line with the symbols where values are needed.
+    """
+    missing = unpinned_inputs(model)
+    if not missing:
+        return None
+    inits = {t.name for t in model.graph.initializer}
+    need = []
+    for vi in model.graph.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims):
+            need.append(f"{vi.name}:{'x'.join(_dim_text(d, vi.name, k) for k, d in enumerate(dims)) or '[]'}")
+    return BadInputError(f"input dims not pinned: {', '.join(missing)}; pass --input-shape {' '.join(need)} "
+                         f"with numbers for the symbols (autochunk-onnx inspect MODEL lists every input)")
+
+
+BATCH_SYMBOLS = ("batch", "batch_size", "n", "b", "bs")  # filled with 1 in suggested --input-shape lines
+
+
+def _dim_text(d, name: str, k: int) -> str:
+    if d.HasField("dim_value"):
+        return str(d.dim_value)
+    if d.dim_param.lower() in BATCH_SYMBOLS:
+        return "1"
+    return d.dim_param.upper() if d.dim_param else f"{name}_DIM{k}".upper()
 
 
 LOOP_OPSET = 13  # Loop with sequence-typed loop-carried values (the chunks of each output)

@@ -29,10 +29,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -62,11 +65,13 @@ class Measurement:
 
 
 def default_providers() -> list[str]:
-    """CUDA then CPU where onnxruntime-gpu lists CUDA (it may still fall back), else CPU."""
+    """CUDA then CPU where a session really runs on CUDA (onnxruntime-gpu lists it even without a
+    GPU: `providers.probe` tries a one-node session), else CPU."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    return [_CUDA, _CPU] if _CUDA in available else [_CPU]
+    from .providers import probe
+
+    return [_CUDA, _CPU] if _CUDA in ort.get_available_providers() and probe(_CUDA) else [_CPU]
 
 
 def measure(
@@ -81,6 +86,8 @@ def measure(
 ) -> Measurement:
     """Run `model_path` once for memory and `repeats` times for latency in a fresh child process.
 
+    repeats=0 measures memory only (latency_s is NaN): `interleaved` times models as users run them.
+
     keep_outputs: save the measured run's outputs (by output name) to `outputs_path`, or to a new
     temporary .npz that the caller owns (its path is in the result).
     Raises BadInputError when the model cannot be loaded or run with these feeds (ORT's one-line
@@ -88,8 +95,8 @@ def measure(
     """
     if not os.path.isfile(model_path):
         raise BadInputError(f"model file not found: {model_path}")
-    if repeats < 1:
-        raise BadInputError(f"repeats must be >= 1, got {repeats}")
+    if repeats < 0:
+        raise BadInputError(f"repeats must be >= 0 (0: memory only), got {repeats}")
     providers = list(providers) if providers else default_providers()
     if keep_outputs and outputs_path is None:
         fd, outputs_path = tempfile.mkstemp(prefix="autochunk-outputs-", suffix=".npz")
@@ -106,34 +113,12 @@ def measure(
             "outputs_path": os.path.abspath(outputs_path) if outputs_path else None,
             "ir_version": _ir_for_ort(model_path),
         }
-        with open(os.path.join(workdir, "request.json"), "w") as f:
-            json.dump(request, f)
-        env = dict(os.environ, **_MALLOC_ENV)
-        # the child imports this package; make it importable wherever the parent found it
-        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "autochunk_onnx._measure_child", workdir],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                timeout=timeout_s,
-            )
-        except subprocess.TimeoutExpired:
-            raise AutochunkError(
-                f"measuring {model_path} ran past {timeout_s:g} s and was stopped"
-            ) from None
-        result_file = os.path.join(workdir, "result.json")
-        result = None
-        if os.path.isfile(result_file):
-            with open(result_file) as f:
-                result = json.load(f)
+        result, returncode, stderr = _run_child(workdir, request, timeout_s, f"measuring {model_path}", None, _MALLOC_ENV)
 
     if (result is None or "error" in result) and keep_outputs and outputs_path and os.path.isfile(outputs_path):
         os.unlink(outputs_path)  # the empty placeholder made above; nothing was written to it
     if result is None:
-        raise AutochunkError(_death_message(model_path, proc.returncode, proc.stderr))
+        raise AutochunkError(_death_message(model_path, returncode, stderr))
     if "error" in result:
         err = result["error"]
         stage, msg = err.get("stage"), err.get("message", "unknown error")
@@ -146,7 +131,7 @@ def measure(
         raise AutochunkError(f"measurement of {model_path} failed: {msg}")
     return Measurement(
         peak_bytes=int(result["peak_bytes"]),
-        latency_s=float(result["latency_s"]),
+        latency_s=float(result["latency_s"]) if result["latency_s"] is not None else float("nan"),
         latencies_s=[float(x) for x in result["latencies_s"]],
         providers=list(result["providers"]),
         method=str(result["method"]),
@@ -181,3 +166,111 @@ def _death_message(model_path: str, returncode: int, stderr: bytes) -> str:
     lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
     tail = lines[-1].strip() if lines else "no message"
     return f"measuring {model_path}: the child process exited with code {returncode}: {tail}"
+
+
+@dataclass
+class Latency:
+    """Interleaved timing of several models in one process (ORT default session options)."""
+
+    paths: list[str]
+    runs_s: list[list[float]]  # per model, one entry per round
+    rounds: int
+    warmup: int
+    providers: list[list[str]]  # per session: what ORT really used
+    cpu_count: int | None
+    round_ratio_medians: list[float]  # per model: median over rounds of t_i / t_0
+    method: str = "ort-default-interleaved"
+
+    @property
+    def medians_s(self) -> list[float]:
+        return [statistics.median(r) for r in self.runs_s]
+
+    @property
+    def mins_s(self) -> list[float]:
+        return [min(r) for r in self.runs_s]
+
+    @property
+    def maxs_s(self) -> list[float]:
+        return [max(r) for r in self.runs_s]
+
+    def ratio(self, i: int = 1) -> float:
+        """median(model i) / median(model 0)."""
+        a, b = self.medians_s[0], self.medians_s[i]
+        return b / a if a > 0 else float("nan")
+
+
+def interleaved(paths: list[str], feeds: dict[str, np.ndarray], providers: list[str] | None = None, *,
+                iterations: int | None = None, time_target_s: float | None = None, max_iterations: int = 10_000,
+                warmup: int = 1, timeout_s: float = 1800,
+                progress: Callable[[int, int | None], None] | None = None) -> Latency:
+    """Time `paths` the way users run them: ORT's default session options, all in ONE fresh child
+    process, `warmup` untimed runs each, then rounds of one run of each model, order alternating.
+
+    Rounds: `iterations` (default 10); with `time_target_s`, until that many seconds of timed runs
+    have passed, at least `iterations` (default 3) and at most `max_iterations`. `progress(done,
+    total)` is called from the child's reports (total None with a time target). Raises
+    BadInputError when ORT cannot load or run a model, AutochunkError when the child dies.
+    """
+    for p in paths:
+        if not os.path.isfile(p):
+            raise BadInputError(f"model file not found: {p}")
+    if iterations is not None and iterations < 1:
+        raise BadInputError(f"--iterations must be >= 1, got {iterations}")
+    if time_target_s is not None and time_target_s < 0:
+        raise BadInputError(f"--latency-time must be >= 0 seconds, got {time_target_s:g}")
+    if iterations is None:
+        iterations = 3 if time_target_s else 10
+    providers = list(providers) if providers else default_providers()
+    with tempfile.TemporaryDirectory(prefix="autochunk-latency-") as workdir:
+        save_npz(os.path.join(workdir, "feeds.npz"), feeds)
+        request = {"mode": "latency", "paths": [os.path.abspath(p) for p in paths], "providers": providers,
+                   "ir_versions": [_ir_for_ort(p) for p in paths],
+                   "iterations": int(iterations), "time_target_s": float(time_target_s or 0.0),
+                   "max_iterations": int(max_iterations), "warmup": int(warmup), "progress": progress is not None}
+        result, code, err = _run_child(workdir, request, timeout_s, "timing " + ", ".join(paths), progress, env_extra={})
+    if result is None:
+        raise AutochunkError(_death_message(", ".join(paths), code, err))
+    if "error" in result:
+        stage, msg = result["error"].get("stage"), result["error"].get("message", "unknown error")
+        if stage == "memory":
+            raise AutochunkError(f"out of memory timing {', '.join(paths)}: {msg}")
+        if stage in ("load", "run"):
+            raise BadInputError(f"onnxruntime failed {'loading' if stage == 'load' else 'running'} for latency: {msg}")
+        raise AutochunkError(f"latency measurement failed: {msg}")
+    return Latency(paths=list(paths), runs_s=[[float(x) for x in r] for r in result["runs_s"]],
+                   rounds=int(result["rounds"]), warmup=int(result["warmup"]), providers=result["providers"],
+                   cpu_count=result.get("cpu_count"), round_ratio_medians=[float(x) for x in result["round_ratio_medians"]])
+
+
+def _run_child(workdir: str, request: dict, timeout_s: float, what: str,
+               progress: Callable[[int, int | None], None] | None, env_extra: dict[str, str]):
+    """Start the child on `request`; relay its progress lines; (result or None, returncode, stderr)."""
+    with open(os.path.join(workdir, "request.json"), "w") as f:
+        json.dump(request, f)
+    env = dict(os.environ, **env_extra)
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-m", "autochunk_onnx._measure_child", workdir], env=env,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        timer = threading.Timer(timeout_s, proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                parts = line.split()
+                if progress and len(parts) == 3 and parts[0] == "progress":
+                    progress(int(parts[1]), None if parts[2] == "?" else int(parts[2]))
+            proc.wait()
+        finally:
+            timed_out = not timer.is_alive()
+            timer.cancel()
+        if timed_out and proc.returncode and proc.returncode < 0:
+            raise AutochunkError(f"{what} ran past {timeout_s:g} s and was stopped")
+        err.seek(0)
+        stderr = err.read()
+    result = None
+    result_file = os.path.join(workdir, "result.json")
+    if os.path.isfile(result_file):
+        with open(result_file) as f:
+            result = json.load(f)
+    return result, proc.returncode, stderr

@@ -69,7 +69,7 @@ def _check_folder(p: Path, what: str) -> None:
         raise BadInputError(f"{what} folder {folder} is not writable") from None
 
 
-def check_model_output(src: str | os.PathLike, out: str | os.PathLike, force: bool = False,
+def check_model_output(src: str | os.PathLike | None, out: str | os.PathLike, force: bool = False,
                        keep_failed: bool = False) -> Path:
     """The model OUTPUT, its data file (OUTPUT.data) and, with --keep-failed, OUTPUT.failed.onnx
     (and its data): each must be writable as a regular file; OUTPUT may be the input only with force."""
@@ -78,7 +78,7 @@ def check_model_output(src: str | os.PathLike, out: str | os.PathLike, force: bo
     if keep_failed:
         failed = check_writable_file(o.with_name(o.name + ".failed.onnx"), "--keep-failed file")
         check_writable_file(failed.with_name(failed.name + ".data"), "--keep-failed data file")
-    s = Path(src)
-    if s.exists() and o.exists() and os.path.samefile(s, o) and not force:
+    s = Path(src) if src is not None else None  # None: the model came as a ModelProto
+    if s is not None and s.exists() and o.exists() and os.path.samefile(s, o) and not force:
         raise BadInputError(f"output {o} is the input model; refusing to overwrite it (use --force)")
     return o

@@ -48,6 +48,14 @@ def _pair(n_seq: int, c_m: int, c_z: int) -> Callable[[int], dict[str, list[int]
     return lambda n: {"msa": [1, n_seq, n, c_m], "pair": [1, n, n, c_z], "msa_mask": [1, n_seq, n], "pair_mask": [1, n, n]}
 
 
+def _ids_only(n: int) -> dict[str, list[int]]:
+    return {"input_ids": [1, n]}
+
+
+def _single_pair(c_s: int, c_z: int) -> Callable[[int], dict[str, list[int]]]:
+    return lambda n: {"single": [1, n, c_s], "pair": [1, n, n, c_z], "single_mask": [1, n], "pair_mask": [1, n, n]}
+
+
 def _vit_tokens(n: int) -> int:
     return (n // 16) ** 2 + 1
 
@@ -68,6 +76,39 @@ def full() -> list[Family]:
                [48, 64], [32, 40, 48, 56, 64, 80, 96, 112, 128], peers=["ort-unet"], peer_lengths=[64]),
         Family("evoformer", "evoformer_bench", OUT / "evoformer_bench.onnx", "n_res", _pair(16, 64, 32), lambda n: n,
                [128, 256], [96, 128, 160, 192, 256, 320, 384]),
+    ] + zoo()
+
+
+_LONG_TOKENS = [1024, 2048, 3072, 4096, 6144, 8192, 12288, 16384]
+
+
+def zoo() -> list[Family]:
+    """The zoo of export variants (issue 11 item 4; models/README.md): newer families and the export
+    patterns users hit (attention processors, TorchScript-based exports), at fewer lengths."""
+    return [
+        # Qwen2: rotary, RMSNorm, grouped-query attention, SwiGLU; causal mask built in the graph
+        Family("qwen2", "qwen2_bench", OUT / "qwen2_bench.onnx", "seq", _tokens, lambda n: n,
+               [4096, 8192], _LONG_TOKENS),
+        # GPT-style decoder with ones(L, L) -> Trilu -> Cast(bool) -> Where in the graph
+        Family("gptcausal", "gptcausal_bench", OUT / "gptcausal_bench.onnx", "seq", _ids_only, lambda n: n,
+               [4096, 8192], _LONG_TOKENS),
+        # T5 encoder: relative position buckets computed in the graph, [1, H, L, L] bias in every layer
+        Family("t5", "t5_bench", OUT / "t5_bench.onnx", "seq", _tokens, lambda n: n,
+               [2048, 4096], _LONG_TOKENS),
+        # diffusers' classic attention processor (baddbmm: Expand of a zero to [B*H, L, L])
+        Family("unet-classic", "unet_bench_classic", OUT / "unet_bench_classic.onnx", "latent", _latent(77, 64),
+               lambda n: n * n, [64], [32, 40, 48, 56, 64, 80, 96, 112, 128]),
+        # Stable-Diffusion-like heads (48/96 channels per head), attention at three resolutions
+        Family("unetsd", "unetsd_bench_classic", OUT / "unetsd_bench_classic.onnx", "latent", _latent(77, 128),
+               lambda n: n * n, [48, 64], [32, 40, 48, 56, 64, 80, 96]),
+        Family("unetsd-sdpa", "unetsd_bench_sdpa", OUT / "unetsd_bench_sdpa.onnx", "latent", _latent(77, 128),
+               lambda n: n * n, [64], [32, 40, 48, 56, 64, 80, 96]),
+        # AlphaFold3 Pairformer block (openfold3)
+        Family("pairformer", "pairformer_bench", OUT / "pairformer_bench.onnx", "n_res", _single_pair(64, 32),
+               lambda n: n, [128, 256], [96, 128, 160, 192, 256, 320, 384]),
+        # the TorchScript-based exporter (dynamo=False) of the decoder
+        Family("gpt-ts", "gpt2_bench_ts", OUT / "gpt2_bench_ts.onnx", "seq", _tokens, lambda n: n,
+               [8192], [1024, 2048, 3072, 4096, 6144, 8192], max_length=8192),
     ]
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 _EXE = Path(sys.executable).parent / "autochunk-onnx"  # the console script, as users run it
-CLI = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "cli.main"]
+CLI = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "autochunk_onnx"]
 
 TARGETS = {"estimate": (10.0, 500), "optimize --no-verify": (30.0, 700)}  # seconds, MiB
 

@@ -10,8 +10,9 @@ Every family:
   * is built from a config (no model hub), all parameters re-drawn from a
     seeded normal distribution (libraries zero-init final projections, which
     would make blocks exact identities);
-  * is exported with the dynamo exporter (`torch.onnx.export(dynamo=True)`),
-    weights embedded;
+  * is exported with the dynamo exporter (`torch.onnx.export(dynamo=True)`)
+    and/or the TorchScript-based one (`dynamo=False`, file stem `*_ts`), weights
+    embedded;
   * is checked: onnx.checker, every intended dynamic input dim is symbolic
     (dim_param), and onnxruntime output == torch output at two sizes.
 """
@@ -34,7 +35,7 @@ import torch
 from torch.export import Dim
 
 SEED = 1234
-FAMILIES = ("gpt", "bert", "vit", "unet", "evoformer")
+FAMILIES = ("gpt", "bert", "vit", "unet", "unetsd", "evoformer", "pairformer", "qwen2", "t5", "gptcausal")
 
 
 # --------------------------------------------------------------------------
@@ -295,26 +296,42 @@ def run_timing(path: str, spec: Spec, threads: int = 2, repeat: int = 2) -> list
     return results
 
 
-def export_spec(spec: Spec, out_dir: str, opset: int, timing: bool = False) -> dict:
+def _dim_names(spec: Spec) -> dict[str, dict[int, str]]:
+    """The dynamic axes as the TorchScript exporter wants them: input -> {axis: dim name}."""
+    return {name: {ax: d.__name__ for ax, d in dims.items()} for name, dims in spec.dynamic_shapes.items()}
+
+
+def _export_proto(spec: Spec, opset: int, exporter: str):
+    """The ModelProto of one export: the dynamo exporter (torch.export, `dynamic_shapes`) or the
+    TorchScript-based one (`dynamo=False`: tracing, positional inputs, `dynamic_axes` by name)."""
+    import io
+
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            prog = torch.onnx.export(
+                spec.model, args=(), kwargs=dict(spec.sample), dynamo=True,
+                dynamic_shapes=spec.dynamic_shapes, opset_version=opset,
+                output_names=spec.output_names, external_data=False, verbose=False)
+            return prog.model_proto
+        buf = io.BytesIO()
+        torch.onnx.export(
+            spec.model, tuple(spec.sample.values()), buf, dynamo=False,
+            input_names=list(spec.sample), output_names=spec.output_names,
+            dynamic_axes=_dim_names(spec), opset_version=opset, do_constant_folding=True)
+        return onnx.load_from_string(buf.getvalue())
+
+
+def export_spec(spec: Spec, out_dir: str, opset: int, timing: bool = False,
+                exporter: str = "dynamo") -> dict:
     import onnx
 
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{spec.name}.onnx")
     spec.model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(
-            spec.model,
-            args=(),
-            kwargs=dict(spec.sample),
-            dynamo=True,
-            dynamic_shapes=spec.dynamic_shapes,
-            opset_version=opset,
-            output_names=spec.output_names,
-            external_data=False,
-            verbose=False,
-        )
-    proto = prog.model_proto
+    proto = _export_proto(spec, opset, exporter)
     _strip_metadata(proto)
     onnx.save(proto, path)
     # drop a stale external-data file a previous run may have left
@@ -328,10 +345,11 @@ def export_spec(spec: Spec, out_dir: str, opset: int, timing: bool = False) -> d
         "file": path,
         "bytes": os.path.getsize(path),
         "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "exporter": exporter,
         **describe_io(model),
         "ops": op_histogram(model),
     }
-    print(f"[{spec.name}] exported {path} ({info['bytes'] / 1e6:.2f} MB, opset {info['opset']})")
+    print(f"[{spec.name}] exported {path} ({info['bytes'] / 1e6:.2f} MB, opset {info['opset']}, {exporter})")
     print(f"  inputs:  {[(i['name'], i['dtype'], i['dims']) for i in info['inputs']]}")
     print(f"  outputs: {[(o['name'], o['dtype'], o['dims']) for o in info['outputs']]}")
     print(f"  ops: {info['ops']}")
@@ -490,28 +508,61 @@ class _UNetWrap(torch.nn.Module):
         return self.inner(sample, timestep, encoder_hidden_states, return_dict=False)[0]
 
 
-def unet_spec(size: str, attn: str, opset: int) -> Spec:
+def _set_unet_processor(unet, attn: str) -> None:
+    """diffusers' attention processors: 'classic' = AttnProcessor (baddbmm(empty, q, k^T, beta=0,
+    alpha=scale): Expand of a zero to [B*H, L, L], Mul, Add, Softmax), 'sdpa' = AttnProcessor2_0
+    (F.scaled_dot_product_attention); anything else keeps the library's default (2_0 on torch 2)."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if attn == "classic":
+        unet.set_attn_processor(AttnProcessor())
+    elif attn == "sdpa":
+        unet.set_attn_processor(AttnProcessor2_0())
+
+
+def unet_spec(size: str, attn: str, opset: int, sd: bool = False) -> Spec:
+    """diffusers UNet2DConditionModel. `sd`: a Stable-Diffusion-like layout (three levels,
+    attention at full, 1/2 and 1/4 resolution plus the mid block, >= 40 channels per head);
+    otherwise the small two-level one (head dim 4)."""
     from diffusers import UNet2DConditionModel
 
-    if size == "tiny":
+    if sd:
+        # SD 1.x: 8 heads over 320/640/1280 channels = head dims 40/80/160. Here 2 heads (diffusers'
+        # `attention_head_dim` is the head COUNT for UNet2DConditionModel) over 96/192/192 (bench,
+        # head dims 48/96/96) or 1 head over 40/40 (tiny, head dim 40; 40/80 was 6.7 MB).
+        if size == "tiny":
+            cfg = dict(block_out_channels=(40, 40), norm_num_groups=8, cross_attention_dim=32,
+                       attention_head_dim=1, sample_size=16,
+                       down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                       up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+            ctx_len, ctx_dim = 8, 32
+        else:
+            cfg = dict(block_out_channels=(96, 192, 192), norm_num_groups=32, cross_attention_dim=128,
+                       attention_head_dim=2, sample_size=32,
+                       down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+            ctx_len, ctx_dim = 77, 128
+    elif size == "tiny":
         cfg = dict(block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
-                   attention_head_dim=8, sample_size=16)
+                   attention_head_dim=8, sample_size=16,
+                   down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
         ctx_len, ctx_dim = 8, 32
     else:
         cfg = dict(block_out_channels=(32, 64), norm_num_groups=32, cross_attention_dim=64,
-                   attention_head_dim=8, sample_size=32)
+                   attention_head_dim=8, sample_size=32,
+                   down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
         ctx_len, ctx_dim = 77, 64
+    levels = len(cfg["block_out_channels"])
     torch.manual_seed(SEED)
-    inner = UNet2DConditionModel(
-        in_channels=4, out_channels=4, layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        **cfg,
-    )
+    inner = UNet2DConditionModel(in_channels=4, out_channels=4, layers_per_block=1, **cfg)
+    _set_unet_processor(inner, attn)
     model = _UNetWrap(inner).eval()
     redraw_parameters(model)
     batch = Dim("batch", min=1, max=64)
-    # latent H, W: must be even (one down/up-sampling stage)
+    # latent H, W: multiples of 2**(levels-1) (diffusers branches on the size when upsampling)
+    step = 2 ** (levels - 1)
     height, width = Dim("height", min=4, max=1024), Dim("width", min=4, max=1024)
     ctx = Dim("ctx_len", min=1, max=1024)
 
@@ -523,10 +574,12 @@ def unet_spec(size: str, attn: str, opset: int) -> Spec:
             "encoder_hidden_states": torch.randn(b, L, ctx_dim, generator=g),
         }
 
+    name = ("unetsd" if sd else "unet") + f"_{size}" + ("_classic" if attn == "classic" else
+                                                       "_sdpa" if (sd and attn == "sdpa") else "")
     return Spec(
-        name=f"unet_{size}",
+        name=name,
         model=model,
-        sample=inp(2, 20, 12, ctx_len, 8),
+        sample=inp(2, 10 * step, 6 * step, ctx_len, 8),
         dynamic_shapes={
             "sample": {0: batch, 2: height, 3: width},
             "timestep": {0: batch},
@@ -534,10 +587,14 @@ def unet_spec(size: str, attn: str, opset: int) -> Spec:
         },
         output_names=["out_sample"],
         dynamic_axes={"sample": [0, 2, 3], "timestep": [0], "encoder_hidden_states": [0, 1]},
-        checks=[inp(1, 16, 24, ctx_len, 9), inp(2, 32, 32, 5, 10)],
+        checks=[inp(1, 8 * step, 12 * step, ctx_len, 9), inp(2, 16 * step, 16 * step, 5, 10)],
         timing=[inp(1, 64, 64, 77, 11), inp(1, 96, 96, 77, 12), inp(1, 128, 128, 77, 21)],
         atol=2e-3,
     )
+
+
+def unetsd_spec(size: str, attn: str, opset: int) -> Spec:
+    return unet_spec(size, attn, opset, sd=True)
 
 
 class _EvoWrap(torch.nn.Module):
@@ -577,10 +634,32 @@ def _patch_openfold_pair_bias_loop() -> None:
     of_msa.MSAAttention._autochunk_patched = True
 
 
+def _patch_openfold_permute() -> None:
+    """openfold3's `permute_final_dims` permutes with negative axes; the TorchScript-based exporter
+    writes them into Transpose's `perm` as they are, which is invalid ONNX (the checker rejects
+    `perm {0, -1, -3, -2}`). Replace it, in every openfold3 module that imported it, by the same
+    permutation with non-negative axes (identical numerics; the dynamo exporter normalises anyway)."""
+    from openfold3.core.utils import tensor_utils
+
+    if getattr(tensor_utils, "_autochunk_patched", False):
+        return
+    original = tensor_utils.permute_final_dims
+
+    def permute_final_dims(tensor: torch.Tensor, inds: list[int]):
+        first = tensor.dim() - len(inds)
+        return tensor.permute(list(range(first)) + [first + i for i in inds])
+
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("openfold3") and getattr(mod, "permute_final_dims", None) is original:
+            mod.permute_final_dims = permute_final_dims
+    tensor_utils._autochunk_patched = True
+
+
 def evoformer_spec(size: str, attn: str, opset: int) -> Spec:
     from openfold3.core.model.latent.evoformer import EvoformerBlock
 
     _patch_openfold_pair_bias_loop()
+    _patch_openfold_permute()
 
     if size == "tiny":
         c_m, c_z, ch = 16, 8, 4
@@ -636,33 +715,236 @@ def evoformer_spec(size: str, attn: str, opset: int) -> Spec:
     )
 
 
+# --------------------------------------------------------------------------
+# the zoo's newer families: a modern decoder (Qwen2), a T5 encoder (relative position buckets
+# computed in the graph), a GPT-style decoder whose causal mask is built in the graph, and an
+# AlphaFold3-style Pairformer block
+# --------------------------------------------------------------------------
+
+
+def qwen2_spec(size: str, attn: str, opset: int) -> Spec:
+    """transformers Qwen2ForCausalLM from a config: rotary embeddings, RMSNorm, grouped-query
+    attention (2 key/value heads), SwiGLU MLP; the causal mask is built in the graph from the
+    attention mask; rotary positions have no table, so no position limit."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if size == "tiny":
+        cfg = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                   intermediate_size=128, vocab_size=256)
+    else:  # head dim 64 as in real decoders
+        cfg = dict(num_hidden_layers=2, hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
+                   intermediate_size=768, vocab_size=8192)
+    config = Qwen2Config(**cfg, max_position_embeddings=131072, attn_implementation=attn,
+                         attention_dropout=0.0, tie_word_embeddings=False, use_sliding_window=False)
+    torch.manual_seed(SEED)
+    model = _LogitsOnly(Qwen2ForCausalLM(config)).eval()
+    redraw_parameters(model)
+    return _text_spec("qwen2", size, attn, opset, model, config.vocab_size, 131072, "logits", 3)
+
+
+class _T5Wrap(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def t5_spec(size: str, attn: str, opset: int) -> Spec:
+    """transformers T5EncoderModel from a config: the attention bias comes from relative position
+    buckets computed in the graph (two aranges subtracted, Abs/Log/Min/Where, Gather from the
+    bias table) as [1, H, L, L], once in the first layer and added in every layer."""
+    from transformers import T5Config, T5EncoderModel
+
+    if size == "tiny":
+        cfg = dict(num_layers=2, d_model=64, d_kv=32, num_heads=2, d_ff=128, vocab_size=256)
+    else:
+        cfg = dict(num_layers=2, d_model=256, d_kv=64, num_heads=4, d_ff=1024, vocab_size=8192)
+    config = T5Config(**cfg, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                      dropout_rate=0.0, feed_forward_proj="relu", is_encoder_decoder=False,
+                      use_cache=False, attn_implementation=attn)
+    torch.manual_seed(SEED)
+    model = _T5Wrap(T5EncoderModel(config)).eval()
+    redraw_parameters(model)
+    return _text_spec("t5", size, attn, opset, model, config.vocab_size, 131072, "last_hidden_state", 4)
+
+
+class CausalGPT(torch.nn.Module):
+    """A GPT-style decoder written the way many user models are: the causal mask is built in the
+    forward pass, `torch.ones(L, L).tril().bool()` (ConstantOfShape/Expand -> Trilu -> Cast) and
+    applied with `torch.where` to every layer's scores; no position table (no length limit)."""
+
+    def __init__(self, vocab: int, d: int, heads: int, layers: int, ffn: int):
+        super().__init__()
+        self.heads = heads
+        self.emb = torch.nn.Embedding(vocab, d)
+        self.blocks = torch.nn.ModuleList()
+        for _ in range(layers):
+            self.blocks.append(torch.nn.ModuleDict(dict(
+                ln1=torch.nn.LayerNorm(d), qkv=torch.nn.Linear(d, 3 * d), proj=torch.nn.Linear(d, d),
+                ln2=torch.nn.LayerNorm(d), fc1=torch.nn.Linear(d, ffn), fc2=torch.nn.Linear(ffn, d))))
+        self.ln_f = torch.nn.LayerNorm(d)
+        self.head = torch.nn.Linear(d, vocab, bias=False)
+
+    def forward(self, input_ids):
+        b, n = input_ids.shape
+        x = self.emb(input_ids)
+        d = x.shape[-1]
+        dh = d // self.heads
+        causal = torch.ones(n, n, device=x.device).tril().bool()
+        neg = torch.tensor(torch.finfo(x.dtype).min, dtype=x.dtype)
+        for blk in self.blocks:
+            q, k, v = blk["qkv"](blk["ln1"](x)).split(d, dim=-1)
+            q, k, v = (t.reshape(b, n, self.heads, dh).transpose(1, 2) for t in (q, k, v))
+            s = torch.matmul(q, k.transpose(-1, -2)) * (dh ** -0.5)
+            p = torch.softmax(torch.where(causal, s, neg), dim=-1)
+            o = torch.matmul(p, v).transpose(1, 2).reshape(b, n, d)
+            x = x + blk["proj"](o)
+            x = x + blk["fc2"](torch.nn.functional.gelu(blk["fc1"](blk["ln2"](x))))
+        return self.head(self.ln_f(x))
+
+
+def gptcausal_spec(size: str, attn: str, opset: int) -> Spec:
+    if size == "tiny":
+        vocab, d, heads, layers, ffn = 256, 64, 2, 2, 256
+    else:
+        vocab, d, heads, layers, ffn = 8192, 256, 4, 2, 1024
+    torch.manual_seed(SEED)
+    model = CausalGPT(vocab, d, heads, layers, ffn).eval()
+    redraw_parameters(model)
+    batch, seq = Dim("batch", min=1, max=64), Dim("seq", min=2, max=131072)
+    ids = lambda b, n, seed: {"input_ids": _ids(b, n, vocab, seed)}  # noqa: E731
+    return Spec(
+        name=f"gptcausal_{size}", model=model, sample=ids(2, 17, 5),
+        dynamic_shapes={"input_ids": {0: batch, 1: seq}}, output_names=["logits"],
+        dynamic_axes={"input_ids": [0, 1]},
+        checks=[ids(2, 33, 33), ids(1, 130, 130)],
+        timing=[ids(1, s, s) for s in (1024, 2048, 4096)],
+    )
+
+
+class _PairWrap(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, single, pair, single_mask, pair_mask):
+        s, z = self.inner(s=single, z=pair, single_mask=single_mask, pair_mask=pair_mask,
+                          chunk_size=None, inplace_safe=False)
+        return s, z
+
+
+def pairformer_spec(size: str, attn: str, opset: int) -> Spec:
+    """openfold3 PairFormerBlock (AlphaFold3: triangle multiplications via Einsum, triangle
+    attentions, pair transition, single attention with pair bias, single transition)."""
+    from openfold3.core.model.latent.pairformer import PairFormerBlock
+
+    _patch_openfold_permute()
+    if size == "tiny":
+        c_s, c_z, ch, heads_s, heads_z = 16, 8, 4, 2, 2
+    else:
+        c_s, c_z, ch, heads_s, heads_z = 64, 32, 16, 4, 4
+    torch.manual_seed(SEED)
+    block = PairFormerBlock(
+        c_s=c_s, c_z=c_z, c_hidden_pair_bias=ch, no_heads_pair_bias=heads_s, c_hidden_mul=2 * ch,
+        c_hidden_pair_att=ch, no_heads_pair=heads_z, transition_type="swiglu", transition_n=2,
+        pair_dropout=0.0, fuse_projection_weights=False, inf=1e9)
+    model = _PairWrap(block).eval()
+    redraw_parameters(model)
+    batch = Dim("batch", min=1, max=64)
+    n_tok = Dim("n_token", min=2, max=4096)
+
+    def inp(b, r, seed):
+        g = _gen(seed)
+        sm, pm = torch.ones(b, r), torch.ones(b, r, r)
+        if r > 4:
+            sm[-1, -2:] = 0
+            pm[-1, -2:, :] = 0
+            pm[-1, :, -2:] = 0
+        return {"single": torch.randn(b, r, c_s, generator=g), "pair": torch.randn(b, r, r, c_z, generator=g),
+                "single_mask": sm, "pair_mask": pm}
+
+    return Spec(
+        name=f"pairformer_{size}", model=model, sample=inp(2, 11, 13),
+        dynamic_shapes={"single": {0: batch, 1: n_tok}, "pair": {0: batch, 1: n_tok, 2: n_tok},
+                        "single_mask": {0: batch, 1: n_tok}, "pair_mask": {0: batch, 1: n_tok, 2: n_tok}},
+        output_names=["single_out", "pair_out"],
+        dynamic_axes={"single": [0, 1], "pair": [0, 1, 2], "single_mask": [0, 1], "pair_mask": [0, 1, 2]},
+        checks=[inp(1, 24, 14), inp(2, 40, 15)],
+        timing=[inp(1, 128, 16), inp(1, 256, 17)],
+        atol=2e-3,
+    )
+
+
 BUILDERS: dict[str, Callable[[str, str, int], Spec]] = {
     "gpt": gpt_spec,
     "bert": bert_spec,
     "vit": vit_spec,
     "unet": unet_spec,
+    "unetsd": unetsd_spec,
     "evoformer": evoformer_spec,
+    "pairformer": pairformer_spec,
+    "qwen2": qwen2_spec,
+    "t5": t5_spec,
+    "gptcausal": gptcausal_spec,
 }
+EXPORTERS = ("dynamo", "torchscript")
 
-# (family, attn_implementation) pairs exported for each opset
+# (family, attention implementation, exporter) exported for each opset. Attention: transformers'
+# eager / sdpa; diffusers' classic AttnProcessor / AttnProcessor2_0 ('-' = the library default,
+# AttnProcessor2_0, kept for the original unet file name); '-' for families with one implementation.
+_BOTH = EXPORTERS
 VARIANTS = {
-    20: [("gpt", "eager"), ("gpt", "sdpa"), ("bert", "eager"), ("bert", "sdpa"),
-         ("vit", "eager"), ("unet", "-"), ("evoformer", "-")],
-    23: [("gpt", "sdpa"), ("bert", "sdpa")],
+    20: [(fam, attn, ex) for ex in _BOTH for fam, attn in (
+        ("gpt", "eager"), ("gpt", "sdpa"), ("bert", "eager"), ("bert", "sdpa"),
+        ("vit", "eager"), ("vit", "sdpa"), ("unet", "-"), ("unet", "classic"),
+        ("unetsd", "classic"), ("unetsd", "sdpa"), ("evoformer", "-"), ("pairformer", "-"),
+        ("qwen2", "eager"), ("qwen2", "sdpa"), ("t5", "eager"), ("gptcausal", "-"))]
+    # T5 with sdpa: the dynamo exporter fails (torch 2.13: "Cannot view a tensor with shape
+    # [s0, s1, 2, 32] ... as (s0, s1, 64)" at the attention output reshape); TorchScript works
+    + [("t5", "sdpa", "torchscript")],
+    23: [("gpt", "sdpa", "dynamo"), ("bert", "sdpa", "dynamo")],
 }
 
 
-# The committed test-suite set: (family, attn, opset, file stem)
+def variant_name(spec_name: str, exporter: str) -> str:
+    """File stem: the builder's name, `_ts` for the TorchScript-based exporter."""
+    return spec_name + ("_ts" if exporter == "torchscript" else "")
+
+
+# The committed test-suite set: (family, attn, opset, exporter, file stem)
 TINY_SUITE = [
-    ("gpt", "eager", 20, "gpt2_tiny"),
-    ("bert", "eager", 20, "bert_tiny"),
-    ("vit", "eager", 20, "vit_tiny"),
-    ("unet", "eager", 20, "unet_tiny"),
-    ("evoformer", "eager", 20, "evoformer_tiny"),
-    ("gpt", "sdpa", 23, "gpt2_tiny_opset23"),
+    ("gpt", "eager", 20, "dynamo", "gpt2_tiny"),
+    ("bert", "eager", 20, "dynamo", "bert_tiny"),
+    ("vit", "eager", 20, "dynamo", "vit_tiny"),
+    ("unet", "eager", 20, "dynamo", "unet_tiny"),
+    ("evoformer", "eager", 20, "dynamo", "evoformer_tiny"),
+    ("gpt", "sdpa", 23, "dynamo", "gpt2_tiny_opset23"),
+    # the zoo (issue 11 item 4): every exporter x attention implementation the libraries offer
+    ("gpt", "eager", 20, "torchscript", "gpt2_tiny_ts"),
+    ("gpt", "sdpa", 20, "dynamo", "gpt2_tiny_sdpa"),
+    ("bert", "eager", 20, "torchscript", "bert_tiny_ts"),
+    ("bert", "sdpa", 20, "dynamo", "bert_tiny_sdpa"),
+    ("bert", "sdpa", 20, "torchscript", "bert_tiny_sdpa_ts"),
+    ("vit", "sdpa", 20, "dynamo", "vit_tiny_sdpa"),
+    ("vit", "eager", 20, "torchscript", "vit_tiny_ts"),
+    ("unet", "classic", 20, "dynamo", "unet_tiny_classic"),
+    ("unet", "eager", 20, "torchscript", "unet_tiny_ts"),
+    ("unetsd", "classic", 20, "dynamo", "unetsd_tiny_classic"),
+    ("evoformer", "eager", 20, "torchscript", "evoformer_tiny_ts"),
+    ("pairformer", "eager", 20, "dynamo", "pairformer_tiny"),
+    ("pairformer", "eager", 20, "torchscript", "pairformer_tiny_ts"),
+    ("qwen2", "eager", 20, "dynamo", "qwen2_tiny"),
+    ("qwen2", "sdpa", 20, "dynamo", "qwen2_tiny_sdpa"),
+    ("qwen2", "eager", 20, "torchscript", "qwen2_tiny_ts"),
+    ("t5", "eager", 20, "dynamo", "t5_tiny"),
+    ("t5", "eager", 20, "torchscript", "t5_tiny_ts"),
+    ("gptcausal", "eager", 20, "dynamo", "gptcausal_tiny"),
+    ("gptcausal", "eager", 20, "torchscript", "gptcausal_tiny_ts"),
 ]
 TINY_SUITE_CMD = "python -m models.export --tiny-suite --out models/tiny"
-TINY_SUITE_MAX_BYTES = 5 * 1024 * 1024
+TINY_SUITE_MAX_BYTES = 20 * 1024 * 1024
 
 
 def _fmt_dims(dims) -> str:
@@ -675,9 +957,10 @@ def write_tiny_readme(infos: list[dict], out_dir: str) -> None:
         "# Tiny real-architecture ONNX models (test fixtures)",
         "",
         "Generated, not hand-written: random weights (seeded normal re-draw of every",
-        "parameter), built from configs, exported with `torch.onnx.export(dynamo=True)`,",
-        "weights embedded. Regenerate (in the `.venv-models` environment, see",
-        "`models/README.md`) with:",
+        "parameter), built from configs, exported with `torch.onnx.export` (the dynamo",
+        "exporter, or the TorchScript-based one, `dynamo=False`, for `*_ts` files), weights",
+        "embedded. Regenerate (in the `.venv-models` environment, see `models/README.md`) with",
+        "(`--keep-existing` keeps the files already there):",
         "",
         "```",
         f".venv-models/bin/{TINY_SUITE_CMD}",
@@ -698,7 +981,8 @@ def write_tiny_readme(infos: list[dict], out_dir: str) -> None:
         name = os.path.basename(info["file"])
         lines += [f"## `{name}`", "",
                   f"- {info['description']}",
-                  f"- opset {info['opset']}, {info['bytes'] / 1e6:.2f} MB"]
+                  f"- opset {info['opset']}, {info.get('exporter', 'dynamo')} exporter, "
+                  f"{info['bytes'] / 1e6:.2f} MB"]
         lines.append("- inputs:")
         for i in info["inputs"]:
             lines.append(f"  - `{i['name']}` {i['dtype']} {_fmt_dims(i['dims'])}")
@@ -745,17 +1029,56 @@ DESCRIPTIONS = {
                  "bias, column attention, transition, outer product mean, triangle "
                  "multiplications, triangle attentions, pair transition), c_m 16, "
                  "c_z 8, hidden 4, 2 heads; pair-bias chunk loop patched out",
+    "unetsd": "diffusers UNet2DConditionModel, Stable-Diffusion-like heads: block_out_channels "
+              "(40, 40), 1 head (head dim 40), CrossAttnDownBlock2D x2 + "
+              "CrossAttnUpBlock2D x2 + mid block: attention at full and 1/2 resolution; "
+              "height and width must be even",
+    "pairformer": "openfold3 PairFormerBlock (AlphaFold3: triangle multiplications via Einsum, "
+                  "triangle attentions, swiglu pair transition, single attention with pair bias, "
+                  "single transition), c_s 16, c_z 8, hidden 4, 2 heads",
+    "qwen2": "transformers Qwen2ForCausalLM (rotary embeddings, RMSNorm, grouped-query attention "
+             "4 query / 2 key-value heads, SwiGLU), 2 layers, hidden 64, intermediate 128, "
+             "vocab 256; no position table",
+    "t5": "transformers T5EncoderModel, 2 layers, d_model 64, 2 heads of 32, d_ff 128, vocab 256, "
+          "32 relative-position buckets (max distance 128) computed in the graph",
+    "gptcausal": "GPT-style decoder (models/export.py CausalGPT): causal mask built in the graph "
+                 "(ones(L, L).tril().bool(), torch.where), 2 layers, d 64, 2 heads, vocab 256; "
+                 "no position table",
 }
 
 
-def export_tiny_suite(out_dir: str) -> list[dict]:
+def _tiny_description(fam: str, attn: str, exporter: str) -> str:
+    text = DESCRIPTIONS[fam]
+    if fam in ("gpt", "bert", "vit", "qwen2", "t5"):
+        text += f"; attn_implementation={attn!r}"
+    elif fam in ("unet", "unetsd"):
+        text += "; attention processor " + ("AttnProcessor (classic baddbmm)" if attn == "classic"
+                                            else "AttnProcessor2_0 (sdpa)")
+    return text + ("; TorchScript-based exporter (dynamo=False)" if exporter == "torchscript"
+                   else "; dynamo exporter")
+
+
+def export_tiny_suite(out_dir: str, keep_existing: bool = False) -> list[dict]:
+    """Export every TINY_SUITE entry; with `keep_existing`, a file already there (and listed in the
+    old manifest) is kept as it is, with its old manifest entry."""
+    old = {}
+    manifest_path = os.path.join(out_dir, "manifest.json")
+    if keep_existing and os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            old = {e["name"]: e for e in json.load(f)}
     infos = []
-    for fam, attn, opset, stem in TINY_SUITE:
+    for fam, attn, opset, exporter, stem in TINY_SUITE:
+        path = os.path.join(out_dir, f"{stem}.onnx")
+        if stem in old and os.path.exists(path):
+            info = dict(old[stem], file=path)
+            info.setdefault("exporter", exporter)
+            print(f"[{stem}] kept {path}")
+            infos.append(info)
+            continue
         spec = BUILDERS[fam]("tiny", attn, opset)
         spec.name = stem
-        info = export_spec(spec, out_dir, opset)
-        info["description"] = DESCRIPTIONS[fam] + (
-            f"; attn_implementation={attn!r}" if fam in ("gpt", "bert", "vit") else "")
+        info = export_spec(spec, out_dir, opset, exporter=exporter)
+        info["description"] = _tiny_description(fam, attn, exporter)
         if opset >= 23:
             info["has_attention_op"] = "Attention" in info["ops"]
             if not info["has_attention_op"]:
@@ -767,7 +1090,7 @@ def export_tiny_suite(out_dir: str) -> list[dict]:
         raise SystemExit(f"tiny suite is {total} bytes, over {TINY_SUITE_MAX_BYTES}")
     manifest = [{k: v for k, v in i.items() if k != "file"} | {"file": os.path.basename(i["file"])}
                 for i in infos]
-    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+    with open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
     write_tiny_readme(infos, out_dir)
@@ -777,12 +1100,17 @@ def export_tiny_suite(out_dir: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m models.export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", choices=FAMILIES + ("all",), default="all")
+    ap.add_argument("--family", choices=FAMILIES + ("all",), default="all",
+                    help="one family, or all")
     ap.add_argument("--out", default="models/out")
     ap.add_argument("--opset", type=int, choices=(20, 23), default=20)
     ap.add_argument("--size", choices=("tiny", "bench"), default="bench")
-    ap.add_argument("--attn", choices=("eager", "sdpa", "both"), default="both",
-                    help="attention implementation for transformers families")
+    ap.add_argument("--attn", choices=("eager", "sdpa", "classic", "both"), default="both",
+                    help="attention implementation (transformers eager/sdpa, diffusers classic/sdpa)")
+    ap.add_argument("--exporter", choices=EXPORTERS + ("both",), default="both",
+                    help="torch exporter: dynamo, torchscript (dynamo=False) or both")
+    ap.add_argument("--keep-existing", action="store_true",
+                    help="--tiny-suite: keep files already exported (and their manifest entries)")
     ap.add_argument("--time", action="store_true",
                     help="also time onnxruntime CPU (2 threads) at bench lengths")
     ap.add_argument("--report", default=None, help="write a JSON summary here")
@@ -793,7 +1121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     if args.tiny_suite:
-        export_tiny_suite(args.out)
+        export_tiny_suite(args.out, keep_existing=args.keep_existing)
         return 0
     variants = VARIANTS[args.opset]
     if args.family != "all":
@@ -802,11 +1130,20 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--opset {args.opset} has no variant for --family {args.family}")
     if args.attn != "both":
         variants = [v for v in variants if v[1] in ("-", args.attn)]
+    if args.exporter != "both":
+        variants = [v for v in variants if v[2] == args.exporter]
 
-    infos = []
-    for fam, attn in variants:
+    infos, failed = [], []
+    for fam, attn, exporter in variants:
         spec = BUILDERS[fam](args.size, "eager" if attn == "-" else attn, args.opset)
-        info = export_spec(spec, args.out, args.opset, timing=args.time)
+        spec.name = variant_name(spec.name, exporter)
+        try:
+            info = export_spec(spec, args.out, args.opset, timing=args.time, exporter=exporter)
+        except (Exception, SystemExit) as e:  # one failed variant must not stop the others
+            print(f"[{spec.name}] FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                  file=sys.stderr)
+            failed.append(spec.name)
+            continue
         if args.opset >= 23 and attn == "sdpa":
             info["has_attention_op"] = "Attention" in info["ops"]
             print(f"  [{spec.name}] standard Attention op present: {info['has_attention_op']}")
@@ -814,6 +1151,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         with open(args.report, "w") as f:
             json.dump(infos, f, indent=1)
+    if failed:
+        print(f"{len(failed)} variant(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autochunk_onnx import notes  # noqa: E402
-from cli.main import main  # noqa: E402
+from autochunk_onnx.cli.main import main  # noqa: E402
 from models import synthetic as syn  # noqa: E402
 
 ort = pytest.importorskip("onnxruntime")
@@ -451,7 +451,7 @@ def test_deterministic_output(ab, tmp_path):
 def test_estimate_json_and_table(ab):
     r = cli("estimate", ab, "-s", SHAPE, "--json")
     assert r.exit_code == 0, r.stderr
-    doc = json.loads(r.stdout)
+    doc = json.loads(r.stdout)["estimate"]
     assert {"peak_bytes", "peak_node", "weight_bytes", "timeline"} <= set(doc)
     assert doc["peak_bytes"] > 0 and doc["timeline"]
     r2 = cli("estimate", ab, "-s", SHAPE)
@@ -503,7 +503,7 @@ def test_optimize_help_documents_exit_codes_and_tolerance():
 
 # ----------------------------------------------------------------------------- real processes
 def _exe() -> list[str]:
-    return [str(EXE)] if EXE.exists() else [sys.executable, "-m", "cli.main"]
+    return [str(EXE)] if EXE.exists() else [sys.executable, "-m", "autochunk_onnx"]
 
 
 def test_subprocess_error_has_no_traceback(tmp_path):

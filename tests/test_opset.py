@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cli.main import main  # noqa: E402
+from autochunk_onnx.cli.main import main  # noqa: E402
 from models import synthetic as syn  # noqa: E402
 
 ort = pytest.importorskip("onnxruntime")
@@ -96,7 +96,7 @@ def test_optimize_raises_opset_to_13(tmp_path, opset):
     assert r.exit_code == 0, (r.stdout, r.stderr)
     doc = json.loads(r.stdout)
     note = f"opset raised from {opset} to 13: Loop over sequences needs it"
-    assert doc["notes"] == [note] and note in r.stderr
+    assert doc["notes"] == [{"kind": "changed", "text": note}] and note in r.stderr
     assert doc["verify"]["ok"] and doc["plan"]["regions"]
     assert opset_of(out) == 13
     m = onnx.load(str(out))
