@@ -289,7 +289,7 @@ def test_cli_exit_3_lists_the_bounds(tmp_path):
     import sys
     src = tmp_path / "gpt.onnx"
     onnx.save(posgraphs.gpt_trilu(), str(src))
-    args = [sys.executable, "-m", "cli.main", "optimize", str(src), str(tmp_path / "o.onnx"), "-b", "1KB",
+    args = [sys.executable, "-m", "autochunk_onnx", "optimize", str(src), str(tmp_path / "o.onnx"), "-b", "1KB",
             "-s", f"x:1x{L}x64"]
     p = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=str(Path(__file__).resolve().parents[1]))
     assert p.returncode == 3, p.stderr
