@@ -38,9 +38,12 @@ SMALL_VALUE = 64  # elements: a VALUE tensor must be tiny (computed by `OpInfo.s
 
 # Recomputation: a cone of cheap ops (`OpInfo.clone`: no contraction, no reduction) is repeated per
 # chunk when the tensor it makes is CLONE_MIN_BYTES or more and CLONE_GAIN times the bytes it reads.
+# Position-aware ops (posrules: ConstantOfShape, Trilu, Range, offset Slices of a buffer) and
+# Gathers from a small table join them: a mask or bias built in the graph is rebuilt per chunk.
 CLONE_GAIN = 2
 CLONE_MIN_BYTES = 1 << 16
-MAX_CLONES = 16  # nodes recomputed per region
+CLONE_FLOOR = 256  # the cone grows through tensors with at least 1/256 of the made tensor's elements
+MAX_CLONES = 32  # nodes recomputed per region (a T5 bucket chain is ~18)
 
 
 @dataclass(frozen=True)
@@ -291,13 +294,13 @@ class _Cone:
 
 def _cone(graph: Graph, t: str, c: Cut) -> _Cone | None:
     """The cone of cheap nodes that makes `t`'s chunk along `c`, grown backwards while tensors
-    stay large (>= 1/16 of `t`); None unless what it reads is CLONE_GAIN times smaller than `t`.
+    stay large (>= 1/CLONE_FLOOR of `t`'s elements); None unless what it reads is CLONE_GAIN times smaller than `t`.
     Depends on the graph only, so it is kept in the graph's session."""
     cache = graph.session.cones
     key = (t, c)
     if key in cache:
         return cache[key]
-    floor = max(CLONE_MIN_BYTES, graph.nbytes(t) // 16)
+    floor = max(1, (graph.info(t).numel or 0) // CLONE_FLOOR)
     nodes: dict[int, list] = {}
     made: dict[str, Cut] = {}
     leaves: dict[tuple[str, Cut], None] = {}
@@ -312,7 +315,8 @@ def _cone(graph: Graph, t: str, c: Cut) -> _Cone | None:
             continue
         p = graph.producer.get(u)
         node_cuts = None
-        if p is not None and len(nodes) < MAX_CLONES and graph.nbytes(u) >= floor:
+        if p is not None and len(nodes) < MAX_CLONES and graph.nbytes(u) >= CLONE_MIN_BYTES \
+                and (graph.info(u).numel or 0) >= floor:
             n = graph.nodes[p]
             if ops.info(n).clone and len(n.outputs) == 1:
                 res = trace_node(graph, n, 0, cu.axis)
@@ -330,6 +334,7 @@ def _cone(graph: Graph, t: str, c: Cut) -> _Cone | None:
                 else:
                     stack.append((i, ci))
     else:
+        _shapes_from_chunks(graph, nodes, made, whole)
         leaves = {k: None for k in leaves if k[0] not in made}
         if nodes and not any(u in made for u in whole):
             read = sum(graph.nbytes(u) for u, _ in leaves)
@@ -339,6 +344,21 @@ def _cone(graph: Graph, t: str, c: Cut) -> _Cone | None:
                 result = _Cone(nodes, made, tuple(leaves), tuple(whole), ins)
     cache[key] = result
     return result
+
+
+def _shapes_from_chunks(graph: Graph, nodes: dict, made: dict, whole: dict) -> None:
+    """A shape read whole by the cone (Expand's target) but taken from a tensor the cone makes
+    (`Shape(t) -> Expand`, as exporters write `full_like`) is taken from t's chunk instead: else
+    the original t would have to be computed whole just for its shape. (The Expand's target is
+    patched to the chunk's length in the body either way.)"""
+    for w in list(whole):
+        p = graph.producer.get(w)
+        if p is None or p in nodes:
+            continue
+        n = graph.nodes[p]
+        if ops.info(n).shape_output and n.inputs and n.inputs[0] in made:
+            nodes[p] = [None] * len(n.inputs)
+            del whole[w]
 
 
 def _clone_cone(graph: Graph, slices: dict, outer: dict, taken: set[int], produced: set[str],

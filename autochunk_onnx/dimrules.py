@@ -300,13 +300,6 @@ def pad(g: Graph, n: Node, k: int, axis: int):
     return [(axis, ONE)] + [None] * (len(n.inputs) - 1)
 
 
-def trilu(g: Graph, n: Node, k: int, axis: int):
-    rank = len(_shape(g, n.inputs[0]))
-    if axis >= rank - 2:
-        return MIX  # the mask depends on the absolute row/column index
-    return [(axis, ONE)] + [None] * (len(n.inputs) - 1)
-
-
 def conv(g: Graph, n: Node, k: int, axis: int):
     w = _shape(g, n.inputs[1])
     rest = [None] * (len(n.inputs) - 2)

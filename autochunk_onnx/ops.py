@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import onnx
 
 from . import dimrules as R
+from . import posrules as P
 from . import kernels as K
 from . import notes
 from .graph import Graph, Node
@@ -200,20 +201,22 @@ _ROWS = [
     OpInfo("Attention", rule=R.attention, scratch=K.attention_scratch),
     # layout and views
     OpInfo("Transpose", rule=R.transpose, clone=True, fold=True),
-    OpInfo("Reshape", rule=R.reshape_like, alias=True, shape_input=1, shape_arith=True, fold=True, passes_values=True),
+    OpInfo("Reshape", rule=R.reshape_like, alias=True, shape_input=1, shape_arith=True, fold=True, passes_values=True,
+           clone=True),
     OpInfo("Flatten", rule=R.reshape_like, alias=True, fold=True, passes_values=True),
     OpInfo("Squeeze", rule=R.reshape_like, alias=True, clone=True, shape_arith=True, fold=True, passes_values=True),
     OpInfo("Unsqueeze", rule=R.reshape_like, alias=True, clone=True, shape_arith=True, fold=True, passes_values=True),
     OpInfo("Expand", rule=R.expand, shape_input=1, clone=True, passes_values=True),
     OpInfo("Concat", rule=R.concat, shape_arith=True, fold=True),
     OpInfo("Split", rule=R.split),
-    OpInfo("Slice", rule=R.slice_, shape_arith=True, fold=True),
-    OpInfo("Gather", rule=R.gather, shape_arith=True, fold=True),
+    # position-aware (posrules): the chunk's start offset goes into an input in the loop body
+    OpInfo("Slice", rule=P.slice_or_offset, shape_arith=True, fold=True, clone=True, position=P.position_slice),
+    OpInfo("Gather", rule=R.gather, shape_arith=True, fold=True, clone=True),
     OpInfo("GatherElements", rule=R.gather_elements),
     OpInfo("Tile", rule=R.same_size_only),
     OpInfo("Resize", rule=R.resize),
     OpInfo("Pad", rule=R.pad),
-    OpInfo("Trilu", rule=R.trilu),
+    OpInfo("Trilu", rule=P.trilu, clone=True, position=P.position_trilu),
     # reductions
     OpInfo("ReduceSum", rule=R.reduce, fold=True),
     OpInfo("ReduceMean", rule=R.reduce),
@@ -231,8 +234,8 @@ _ROWS = [
     OpInfo("Shape", shape_output=True, shape_arith=True, fold=True),
     OpInfo("Size", shape_output=True, shape_arith=True, fold=True),
     OpInfo("Constant", shape_arith=True, fold=True),
-    OpInfo("ConstantOfShape", shape_input=0, fold=True),
-    OpInfo("Range", fold=True),
+    OpInfo("ConstantOfShape", rule=P.constant_of_shape, shape_input=0, fold=True, clone=True),
+    OpInfo("Range", rule=P.range_, fold=True, clone=True, position=P.position_range),
     # never constant-folded by ORT
     OpInfo("RandomNormal", ort_folds=False),
     OpInfo("RandomUniform", ort_folds=False),

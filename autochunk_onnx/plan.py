@@ -41,6 +41,7 @@ class Plan:
     fits: bool = False
     search_s: float = 0.0
     stages: int = 0
+    bounds: tuple = ()  # bounds.Bound: what is live at the final peak, and why it was not cut
 
     def __post_init__(self) -> None:
         owned: set[int] = set()

@@ -9,6 +9,7 @@ import math
 
 import onnx
 
+from .bounds import text as bounds_text
 from .compare import default_tolerances, format_diffs
 from .peak import Estimate
 from .plan import Plan
@@ -76,10 +77,12 @@ def plan_json(p: Plan) -> dict:
         "original_peak_bytes": p.original.peak_bytes, "predicted_peak_bytes": p.final.peak_bytes,
         "predicted_peak_node": p.final.peak_node, "predicted_peak_op": p.final.peak_op,
         "predicted_latency_ratio": 1.0 + p.predicted_slowdown, "search_s": p.search_s, "regions": regions,
+        "bounds": [b.to_dict() for b in p.bounds],
     }
 
 
-def plan_text(p: Plan) -> str:
+def plan_text(p: Plan, show_bounds: bool | None = None) -> str:
+    """The plan; what bounds it (live at its peak, and why) when over budget or asked (dry run)."""
     ratio = p.final.peak_bytes / p.original.peak_bytes if p.original.peak_bytes else 1.0
     lines = [
         f"plan: {len(p.regions)} chunked region(s) in {p.stages} stage(s), search {p.search_s:.2f} s",
@@ -96,6 +99,8 @@ def plan_text(p: Plan) -> str:
         if r.clones:
             names = [n.name for n in r.body if n.index in r.clones]
             lines.append(f"       recomputes {len(names)} node(s) per chunk: {', '.join(names)}")
+    if show_bounds if show_bounds is not None else not p.fits:
+        lines += bounds_text(p.bounds)
     return "\n".join(lines)
 
 

@@ -7,10 +7,13 @@ dim of its output and every start in reach, the chunk flow decides what runs in 
 """
 from __future__ import annotations
 
-from .chunkflow import Region, trace_flow
+from fractions import Fraction
+
 from . import ops
+from .chunkflow import Cut, Region, _cone, trace_flow
 from .peak import Estimate
 from .graph import Graph
+from .select import read_bytes
 
 FORWARD = 24  # end nodes considered after the anchor's last consumer
 BACKWARD = 48  # start nodes considered before the anchor's producer
@@ -46,7 +49,7 @@ def candidates(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | N
     seen: set = set()
     found: list[Region] = []
     spans = []
-    for anchor in anchors(graph, est, opaque, peak_node):
+    for anchor in _redirect(graph, anchors(graph, est, opaque, peak_node), opaque):
         if anchor in graph.output_names:
             continue
         a = graph.producer[anchor]
@@ -100,7 +103,7 @@ def candidates(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | N
                     produced = {o for b in r.owned for o in b.outputs}
                     if not views <= produced or views & set(r.outputs):
                         continue  # the anchor's buffer (or a view of it) would still be materialised
-                    read = _read_bytes(graph, r)
+                    read = read_bytes(graph, r)
                     if least_read is not None and read >= least_read:
                         continue  # a longer loop that materialises nothing less: dominated
                     least_read = read
@@ -122,6 +125,39 @@ def _views(graph: Graph, t: str) -> set[str]:
     return out
 
 
-def _read_bytes(graph: Graph, r: Region) -> int:
-    """Activation bytes a loop reads from outside (weights and constants excluded)."""
-    return sum(graph.nbytes(t) for t in r.inputs if not graph.is_weight(t) and graph.const_value(t) is None)
+def recomputable(graph: Graph, t: str) -> bool:
+    """Whether a loop reading `t` along some axis could rebuild its chunks from much smaller
+    tensors (a mask or position bias built in the graph): then `t` need never exist whole."""
+    shape = graph.shape(t)
+    if not shape or graph.producer.get(t) is None:
+        return False
+    return any(d >= 2 and _cone(graph, t, Cut(ax, Fraction(1))) is not None for ax, d in enumerate(shape))
+
+
+def _redirect(graph: Graph, found: list[str], opaque: set[int]) -> list[str]:
+    """Anchors, with each recomputable one replaced by its readers' outputs.
+
+    A bias [1, H, L, L] computed once and added in every layer holds the peak where it is made;
+    chunking its own computation only moves it (the whole result is still read by every layer).
+    The loops that help are its readers', each rebuilding its chunk of the bias: once all of them
+    do, the original dies. So the search anchors there. Readers: the first consumers, forward
+    through the cheap chain, whose output is not recomputable itself."""
+    out: list[str] = []
+    for t in found:
+        if not recomputable(graph, t):
+            out.append(t)
+            continue
+        seen, stack, readers = {t}, [t], []
+        while stack and len(seen) < 64:
+            for c in graph.consumers.get(stack.pop(), []):
+                n = graph.nodes[c]
+                o = n.outputs[0] if n.outputs else ""
+                if not o or o in seen or c in opaque:
+                    continue
+                seen.add(o)
+                if recomputable(graph, o):
+                    stack.append(o)
+                else:
+                    readers.append(o)
+        out += [r for r in sorted(readers, key=lambda r: graph.producer[r]) if r not in out]
+    return out[:2 * ANCHORS]

@@ -81,8 +81,19 @@ class QuickCost:
         if not r.clones:
             return 0
         newly = self.readers.dead_with(r)
-        return sum(self.graph.nbytes(o) for p in newly if self.pos.get(p, p0) < p0
-                   for o in self.graph.nodes[p].outputs if o)
+        g = self.graph
+        return sum(g.nbytes(o) for p in newly if self.pos.get(p, p0) < p0
+                   for o in g.nodes[p].outputs if o and self._live_into(o, p0))
+
+    def _live_into(self, t: str, p0: int) -> bool:
+        """Whether `t` is still live before step p0 (a reader at or after it, or a graph output)."""
+        g = self.graph
+        return t in g.output_names or any(self.pos.get(c, -1) >= p0 for c in g.consumers.get(t, []))
+
+
+def read_bytes(graph: Graph, r: Region) -> int:
+    """Activation bytes a loop reads from outside (weights and constants excluded)."""
+    return sum(graph.nbytes(t) for t in r.inputs if not graph.is_weight(t) and graph.const_value(t) is None)
 
 
 def choose(graph: Graph, cands: list[Region], quick: QuickCost, budget: int, model_s: float) -> list[Choice]:
@@ -99,7 +110,12 @@ def choose(graph: Graph, cands: list[Region], quick: QuickCost, budget: int, mod
         c = balanced(r.units, c)
         slow = loop_cost(graph, r, c).extra_s / model_s
         choices.append(Choice(r, c, f(c), here, slow, fits, covers))
-    # A loop that does not contain the peak step cannot lower the peak: those come last.
-    choices.sort(key=lambda ch: (not ch.covers, not ch.fits, ch.slowdown if ch.fits else ch.predicted_peak,
+    # A loop that does not contain the peak step cannot lower the peak: those come last. Among loops
+    # that do not fit, the activations a loop reads from outside count too: they stay whole, and a
+    # later stage cannot cut them any more once their readers are in this loop (a loop from the
+    # masking Where on, reading the [L, L] scores whole, looks as low as one that also computes
+    # the scores while ORT still holds freed buffers of an earlier layer).
+    choices.sort(key=lambda ch: (not ch.covers, not ch.fits,
+                                 ch.slowdown if ch.fits else ch.predicted_peak + read_bytes(graph, ch.region),
                                  len(ch.region.body)))
     return choices

@@ -20,6 +20,7 @@ from autochunk_onnx import notes as notes_mod
 from autochunk_onnx.budget import parse_budget
 from autochunk_onnx.errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, AutochunkError, BadInputError, BudgetUnreachableError, GateError,
                                    VerificationError)
+from autochunk_onnx.bounds import text as bounds_text
 from autochunk_onnx.loader import parse_input_shapes
 from autochunk_onnx.paths import check_writable_file
 from autochunk_onnx.report import (envelope, estimate_json, estimate_text, fmt_bytes, gates_json, notes_json,
@@ -328,6 +329,8 @@ def optimize(model, output, budget, input_shapes, dry_run, best_effort, no_verif
             run.fields["plan"] = plan_json(e.best_plan)
             if not quiet and dry_run and not as_json:
                 click.echo(plan_text(e.best_plan))
+            elif not quiet and not as_json:  # what bounds the plan, model or tool (stdout: stderr keeps one line)
+                click.echo("\n".join(bounds_text(e.best_plan.bounds)))
         if isinstance(e, VerificationError) and e.report is not None:
             run.fields["verify"] = verify_json(e.report)
             if not quiet and not as_json:
@@ -363,7 +366,7 @@ def _fill_optimize(run: Run, res, dry_run: bool) -> None:
 
 
 def _print_optimize(res, dry_run: bool) -> None:
-    click.echo(plan_text(res.plan))
+    click.echo(plan_text(res.plan, show_bounds=True if dry_run else None))
     if res.verify:
         click.echo(verify_text(res.verify))
         if res.verify.over_budget:

@@ -344,7 +344,8 @@ def test_slice_full_range_ok_partial_mix():
                inits={"st": i64(0, 2), "en": i64(big, 5), "ax": i64(1, 2)})
     assert g.shape("y0") == (2, 6, 3)
     assert tr(g, n, 1) == [(1, 1), None, None, None]
-    assert tr(g, n, 2) == MIX
+    # narrowed with step 1: x read whole, the bounds moved by the chunk's offset (posrules)
+    assert tr(g, n, 2) == [None, None, None, None]
     assert tr(g, n, 0) == [(0, 1), None, None, None]
 
 
@@ -354,7 +355,7 @@ def test_slice_step_or_offset_mix():
     assert tr(g, n, 1) == MIX
     g, n = one("Slice", [("x", [2, 6]), "st", "en", "ax"],
                inits={"st": i64(-6), "en": i64(-1), "ax": i64(1)})
-    assert tr(g, n, 1) == MIX  # drops the last element
+    assert tr(g, n, 1) == [None, None, None, None]  # drops the last element: x whole, bounds offset (posrules)
     g, n = one("Slice", [("x", [2, 6]), "st", "en", "ax"],
                inits={"st": i64(-6), "en": i64(6), "ax": i64(1)})
     assert tr(g, n, 1) == [(1, 1), None, None, None]
@@ -363,7 +364,7 @@ def test_slice_step_or_offset_mix():
 def test_slice_runtime_bounds():
     g, n = one("Slice", [("x", [2, 6, 8]), ("st", [1], TensorProto.INT64), ("en", [1], TensorProto.INT64), "ax"],
                inits={"ax": i64(2)}, out_shapes=[[2, 6, 4]])
-    assert tr(g, n, 2) == MIX  # run-time bounds on the cut axis
+    assert tr(g, n, 2) == [None, None, None, None]  # run-time bounds: offset at run time (posrules)
     assert tr(g, n, 1) == [(1, 1), None, None, None]  # other axes untouched
 
 
@@ -447,8 +448,9 @@ def test_conv_pointwise():
 
 def test_trilu():
     g, n = one("Trilu", [("x", [2, 5, 5])], opset=14)
-    assert tr(g, n, 1) == MIX
-    assert tr(g, n, 2) == MIX
+    # rows and columns too: the chunk's offset goes into k (posrules)
+    assert tr(g, n, 1) == [(1, 1)]
+    assert tr(g, n, 2) == [(2, 1)]
     assert tr(g, n, 0) == [(0, 1)]
 
 

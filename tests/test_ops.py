@@ -109,7 +109,11 @@ CASES["GatherElements"] = [case(f(3, 4), rng.integers(0, 4, (3, 2)), axis=1), ca
 CASES["Tile"] = [case(f(2, 3), C(i64(1, 2)))]
 CASES["Resize"] = [case(f(1, 2, 4, 4), "", C(np.array([1, 1, 2, 2], np.float32)), mode="nearest")]
 CASES["Pad"] = [case(f(3, 4), C(i64(0, 1, 0, 1))), case(f(3, 4), C(i64(1, 0, -1, 0)))]
-CASES["Trilu"] = [case(f(2, 4, 4)), case(f(2, 4, 4), upper=0)]
+CASES["Trilu"] = [case(f(2, 4, 4)), case(f(2, 4, 4), upper=0), case(f(2, 5, 4), C(np.array(-1, np.int64)), upper=1)]
+# position rules (posrules): the chunk's offset is put in by the row's `position`, emitted as the rewrite does
+CASES["Range"] = [case(C(np.array(3, np.int64)), C(np.array(20, np.int64)), C(np.array(2, np.int64)))]
+CASES["ConstantOfShape"] = [case(C(i64(4, 6)), value=numpy_helper.from_array(np.array([0.5], np.float32)))]
+CASES["Slice"].append(case(f(6, 5), C(i64(-4)), C(i64(-1)), C(i64(0))))
 for op in REDUCE:
     x = pos(3, 4, 5)
     CASES[op] = [case(x, C(i64(1))), case(x, C(i64(-1)), keepdims=0)]
@@ -178,6 +182,23 @@ def _chunk_arrays(row, graph, node, arrays, cuts, out_axis, lo, hi):
     return out
 
 
+def _apply_position(row, graph, node, model: onnx.ModelProto, axis: int, lo: int, hi: int) -> None:
+    """Replace the chunk model's node by what the row's position rule emits for chunk [lo, hi)
+    (`start`/`length` as the rewrite's body holds them), as rewrite._Emitter calls it."""
+    from autochunk_onnx.chunkflow import Cut
+    from autochunk_onnx.rewrite import PositionPatch, _Names
+
+    proto = onnx.NodeProto()
+    proto.CopyFrom(model.graph.node[0])
+    body: list = []
+    pp = PositionPatch(graph, node, proto, Cut(axis, Fraction(1)), "chunk_start", "chunk_len", body, _Names(model), "t")
+    row.position(pp)
+    del model.graph.node[:]
+    model.graph.node.extend(body)
+    model.graph.initializer.extend([numpy_helper.from_array(i64(lo), "chunk_start"),
+                                    numpy_helper.from_array(i64(hi - lo), "chunk_len")])
+
+
 RULED = sorted(op for (dom, op), row in ops.REGISTRY.items() if row.rule is not None)
 
 
@@ -210,7 +231,10 @@ def test_rule_agrees_with_onnxruntime(op):
                 parts = []
                 for lo, hi in ((0, mid), (mid, n)):
                     sub = _chunk_arrays(row, graph, node, arrays, cuts, axis, lo, hi)
-                    parts.append(_run(_build(op, row, c, sub), sub, c["inputs"])[k])
+                    chunk_model = _build(op, row, c, sub)
+                    if row.position is not None:
+                        _apply_position(row, graph, node, chunk_model, axis, lo, hi)
+                    parts.append(_run(chunk_model, sub, c["inputs"])[k])
                 joined = np.concatenate(parts, axis=axis)
                 np.testing.assert_allclose(joined.astype(np.float64), whole[k].astype(np.float64), rtol=1e-5, atol=1e-6,
                                            equal_nan=True, err_msg=f"{op} {c['attrs']} output {k} cut on axis {axis}")
@@ -251,7 +275,7 @@ def test_the_check_catches_a_wrong_rule(monkeypatch):
     from autochunk_onnx import dimrules
 
     for op, wrong in (("Pad", dimrules.same_size_only), ("Trilu", dimrules.elementwise)):
-        monkeypatch.setitem(ops.REGISTRY, ("", op), dataclasses.replace(ops.lookup("", op), rule=wrong))
+        monkeypatch.setitem(ops.REGISTRY, ("", op), dataclasses.replace(ops.lookup("", op), rule=wrong, position=None))
         with pytest.raises(AssertionError, match="Not equal to tolerance"):
             test_rule_agrees_with_onnxruntime(op)
 
@@ -277,3 +301,16 @@ def test_position_rule_emits_the_body_node(monkeypatch, tmp_path):
     hooked = api.optimize(str(src), str(tmp_path / "hooked.onnx"), "50%", {"x": [1, 256, 64]}, verify_output=False)
     assert plain.plan.regions and calls and all(op == "Softmax" for op, _, _ in calls)
     assert (tmp_path / "plain.onnx").read_bytes() == (tmp_path / "hooked.onnx").read_bytes()
+
+
+def test_the_check_catches_a_position_rule_that_ignores_the_offset(monkeypatch):
+    """Not vacuous for position rules either: Trilu and Range emitted without the chunk's offset fail."""
+    import dataclasses
+
+    def as_is(p):
+        p.body.append(p.proto)
+
+    for op in ("Trilu", "Range"):
+        monkeypatch.setitem(ops.REGISTRY, ("", op), dataclasses.replace(ops.lookup("", op), position=as_is))
+        with pytest.raises(AssertionError, match="Not equal to tolerance"):
+            test_rule_agrees_with_onnxruntime(op)
