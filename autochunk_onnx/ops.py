@@ -199,6 +199,9 @@ _ROWS = [
     OpInfo("Conv", rule=R.conv, flops=K.conv_flops, equates=_eq_conv),
     OpInfo("ConvTranspose", rule=R.conv),
     OpInfo("Attention", rule=R.attention, scratch=K.attention_scratch),
+    # com.microsoft Attention: QKV projection inside the op, so query rows need the whole input
+    # for K and V; opaque for the chunk flow (issue 16), scratch measured.
+    OpInfo("Attention", domain="com.microsoft", scratch=K.ms_attention_scratch, ort_folds=False),
     # layout and views
     OpInfo("Transpose", rule=R.transpose, clone=True, fold=True),
     OpInfo("Reshape", rule=R.reshape_like, alias=True, shape_input=1, shape_arith=True, fold=True, passes_values=True,

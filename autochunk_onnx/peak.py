@@ -515,6 +515,11 @@ def workspace_bytes(graph: Graph, node: Node) -> int:
         return facts.scratch(graph, node)
     if node.has_subgraph and is_standard(node.domain):
         return subgraph_peak(graph, node)
+    if not is_standard(node.domain) and facts is ops.UNKNOWN:
+        # no row: its kernel memory is unknown; count its inputs once more, conservatively
+        notes.note(f"estimate may be low: scratch of {node.domain}.{node.op_type} unknown "
+                   f"(node {node.name}); counted as the size of its inputs")
+        return sum(graph.nbytes(i) for i in node.inputs if i and graph.info(i) is not None)
     return 0
 
 
