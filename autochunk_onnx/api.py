@@ -20,7 +20,7 @@ from . import notes as _notes
 from . import providers as _providers
 from .budget import parse_budget
 from .compare import OutputDiff, all_ok, compare_outputs
-from .errors import BadInputError, BudgetUnreachableError, GateError, VerificationError
+from .errors import AutochunkError, BadInputError, BudgetUnreachableError, GateError, VerificationError
 from .gates import Gate, check as check_gates
 from .peak import Estimate, estimate_graph
 from .graph import Graph
@@ -321,7 +321,10 @@ def optimize(path, out_path=None, budget: str | int = "50%", input_shapes=None, 
                                keep_failed, providers, allow_fallback, atol, rtol, seed, inputs_path, iterations,
                                latency_time_s, max_mem_ratio, max_latency_ratio, max_peak, progress, save_inputs)
         except GateError as e:
-            e.result.notes = [str(n) for n in sink]
+            e.result.notes = e.notes = [str(n) for n in sink]
+            raise
+        except AutochunkError as e:  # the notes taken on the way to an error are part of it
+            e.notes = [str(n) for n in sink]
             raise
         result.notes = [str(n) for n in sink]
         return result

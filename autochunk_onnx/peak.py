@@ -23,9 +23,8 @@ Where's two passes, ...). Graph inputs are the caller's memory and are not count
 
 Evidence: ORT 1.31.1's profiler with an exact arena gives the bytes ORT's allocator holds at every
 node; on every model under models/ the replay matches it node by node, and single-op probes back
-each table below (tests/test_estimate.py re-runs them against the installed ORT). Not modelled:
-ORT's node order (a reverse DFS from the leaves, fused nodes last) differs from the graph's; the
-estimate keeps the graph's order, which the planner's windows are cut in (a few % at most here).
+each table below (tests/test_estimate.py re-runs them against the installed ORT). Steps run in
+ORT's own order (ort_order.py: its reverse DFS from the leaves), not the graph's. Loops, Scan, If and tensor sequences are sized by estimate_loops.py.
 """
 from __future__ import annotations
 
@@ -514,7 +513,9 @@ def workspace_bytes(graph: Graph, node: Node) -> int:
     if facts.scratch is not None:
         return facts.scratch(graph, node)
     if node.has_subgraph and is_standard(node.domain):
-        return subgraph_peak(graph, node)
+        from .estimate_loops import control_extra
+
+        return control_extra(graph, node)
     if not is_standard(node.domain) and facts is ops.UNKNOWN:
         # no row: its kernel memory is unknown; count its inputs once more, conservatively
         notes.note(f"estimate may be low: scratch of {node.domain}.{node.op_type} unknown "
@@ -542,7 +543,7 @@ def node_step(graph: Graph, node: Node, fused: dict[int, int] | None = None) -> 
 def _step_fields(graph: Graph, info: _OrtInfo, node: Node, fused: dict[int, int] | None) -> tuple:
     facts = ops.info(node)
     op = node.op_type if is_standard(node.domain) else f"{node.domain}.{node.op_type}"
-    ins = [i for i in node.inputs if i]
+    ins = graph.reads(node.index) if node.has_subgraph else [i for i in node.inputs if i]  # a body reads outer tensors
     outs = [o for o in node.outputs if o]
     if node.op_type == "Constant" or (outs and all(o in info.folded for o in outs)):
         return node.name, op, [], [], 0, False, False, 0, None  # a weight after ORT's constant folding
@@ -579,8 +580,11 @@ def _key(graph: Graph, info: _OrtInfo, t: str):
 
 
 def graph_steps(graph: Graph) -> list[Step]:
+    """The graph's steps in the order ORT runs them (ort_order), not the model's."""
+    from .ort_order import ort_order
+
     fused = fusions(graph)
-    return [node_step(graph, n, fused) for n in graph.nodes]
+    return [node_step(graph, graph.nodes[k], fused) for k in ort_order(graph)]
 
 
 @dataclass

@@ -324,17 +324,56 @@ def _loop_carried(graph: onnx.GraphProto, tensors: dict[str, TensorInfo]) -> Non
 
 
 def infer_graph(pinned: onnx.ModelProto) -> Graph:
-    """Shape-infer a model whose inputs are pinned; return the Graph index (best of both engines)."""
-    return Graph(pinned, infer_shapes(pinned))
+    """Shape-infer a model whose inputs are pinned; return the Graph index (best of both engines).
+
+    Tensor sequences and the bodies of Loop/Scan/If are sized too (estimate_loops)."""
+    from .estimate_loops import _EXTRA, complete, has_control
+
+    tensors = infer_shapes(pinned)
+    if not has_control(pinned):
+        return Graph(pinned, tensors)
+    done: dict[int, tuple] = {}
+    extra = complete(pinned, tensors, done=done)
+    work = pinned
+    for _ in range(len(pinned.graph.node)):  # each round sizes the next loop of a chain
+        if not _holes(tensors, pinned):
+            break
+        known = {k: v for k, v in tensors.items() if v.numel is not None and k not in work.graph.initializer}
+        work = _with_value_info(pinned, known)
+        more = infer_shapes(work)
+        filled = {k: v for k, v in more.items() if v.numel is not None and (tensors.get(k) is None or tensors[k].numel is None)}
+        if not filled:
+            break
+        tensors.update(filled)
+        extra = complete(pinned, tensors, done=done)
+    graph = Graph(pinned, tensors)
+    graph.__dict__[_EXTRA] = extra
+    return graph
+
+
+def _with_value_info(model: onnx.ModelProto, known: dict[str, TensorInfo]) -> onnx.ModelProto:
+    """A copy of `model` whose value_info states the shapes found so far (seeds the next inference)."""
+    out = onnx.ModelProto()
+    copy_fields(model, out, skip="graph")
+    copy_fields(model.graph, out.graph, skip="value_info")
+    names = {o for n in model.graph.node for o in n.output if o}
+    for k, v in known.items():
+        if k in names and v.shape is not None:
+            out.graph.value_info.append(onnx.helper.make_tensor_value_info(k, v.elem_type, list(v.shape)))
+    return out
 
 
 def require_shapes(graph: Graph) -> None:
     """Name the first tensor whose size stays unknown: the estimate cannot stand without it."""
+    from .estimate_loops import SequenceInfo
+
     for n in graph.nodes:
         for o in n.outputs:
             if not o:
                 continue
             t = graph.info(o)
+            if isinstance(t, SequenceInfo):
+                continue
             if (t is None or t.numel is None) and ops.info(n).sequence:
                 raise BadInputError(
                     f"cannot size {o!r} (node {n.name}, {n.op_type}): the estimate does not follow tensor sequences "

@@ -165,12 +165,13 @@ def test_custom_domain_op(tmp_path):
     src, out = tmp_path / "m.onnx", tmp_path / "c.onnx"
     onnx.save(m, str(src))
     cannot = "ONNX Runtime cannot load the model for the estimate"  # ORT does not know the op: said, not hidden
-    with pytest.raises(BadInputError) as e, notes.expected(cannot):
+    unknown = "scratch of com.example.FancyOp unknown"  # its kernel memory is guessed: said too
+    with pytest.raises(BadInputError) as e, notes.expected(cannot, unknown):
         api.optimize(src, out, "50%", SHAPES, best_effort=True)
     assert "FancyOp" in str(e.value) and "\n" not in str(e.value)
     assert any(cannot in n for n in e.value.notes)
     assert not out.exists()
-    with notes.expected(cannot):
+    with notes.expected(cannot, unknown):
         res = api.optimize(src, out, "50%", SHAPES, best_effort=True, verify_output=False)
     assert res.plan.regions
     assert any(cannot in n for n in res.notes)
