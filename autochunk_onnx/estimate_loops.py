@@ -191,7 +191,7 @@ def _run_body(model: onnx.ModelProto, body: onnx.GraphProto, feeds: dict[str, ob
     from .shapes import infer_shapes
 
     flat = _body_model(model, body, feeds, tensors, values)
-    inner = infer_shapes(flat)
+    inner = infer_shapes(flat, note_holes=False)
     extra = complete(flat, inner, seq_in)
     bg = Graph(flat, inner)
     bg.__dict__[_EXTRA] = extra

@@ -263,7 +263,7 @@ def _einsum_shape(n: onnx.NodeProto, infos: list) -> tuple[int, ...] | None:
     return tuple([sizes[c] for c in head] + (list(ell) if "..." in rhs else []) + [sizes[c] for c in tail])
 
 
-def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
+def infer_shapes(pinned: onnx.ModelProto, note_holes: bool = True) -> dict[str, TensorInfo]:
     """Shapes of every tensor of a model whose inputs are pinned (best of both engines).
 
     Both engines run on the weightless skeleton: weights stay on disk and no model of any size
@@ -298,8 +298,13 @@ def infer_shapes(pinned: onnx.ModelProto) -> dict[str, TensorInfo]:
     for t in pinned.graph.initializer:  # the stripped weights: dims from their protos, as before
         tensors[t.name] = TensorInfo(t.name, tuple(t.dims), t.data_type)
     _loop_carried(pinned.graph, tensors)
-    if _FAILURES and _holes(tensors, pinned):  # a failure that cost nothing is not worth a word
-        notes.note(f"shape inference left {_holes(tensors, pinned)} tensor(s) unknown: " + "; ".join(dict.fromkeys(_FAILURES)))
+    # a failure that cost nothing is not worth a word; a caller that fills holes itself (a Loop body's
+    # sequence values, estimate_loops.complete) says what is left after it (note_holes=False)
+    # a model with Loop/If/Scan (a chunked one): the estimate follows those and what they feed itself
+    # (estimate_loops), and notes what it cannot; here only holes of plain models are said
+    left = 0 if any(n.op_type in ("Loop", "If", "Scan") for n in pinned.graph.node) else _holes(tensors, pinned)
+    if note_holes and _FAILURES and left:
+        notes.note(f"shape inference left {left} tensor(s) unknown: " + "; ".join(dict.fromkeys(_FAILURES)))
     return tensors
 
 

@@ -34,7 +34,8 @@ def test_fused_attention_scratch_counts_the_scores():
 
 def test_unknown_contrib_op_is_noted_and_counted_conservatively():
     m = _attention_model(1024, op="NoSuchFusedOp")
-    with notes.expected("estimate may be low: scratch of com.microsoft.NoSuchFusedOp unknown"):
+    with notes.expected("estimate may be low: scratch of com.microsoft.NoSuchFusedOp unknown",
+                        "ONNX Runtime cannot load the model"):  # ORT does not know the op either: said too
         with notes.collect() as got:
             _, est = ac.estimate(m, {"x": [1, 1024, 256]})
     assert any("scratch of com.microsoft.NoSuchFusedOp unknown" in n.text for n in got)

@@ -8,12 +8,15 @@ in the plan, and the written model is right at every length.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
+from autochunk_onnx import notes
 from onnx import TensorProto, helper, numpy_helper
 
 from autochunk_onnx import api
@@ -25,6 +28,16 @@ from autochunk_onnx.rewrite import rewrite
 from models import posgraphs
 
 D = 8
+
+
+
+@pytest.fixture(autouse=True)
+def _second_pinning_holes():
+    """ORT's symbolic shape inference stops (AssertionError) on these hand-built mask graphs when the
+    planner re-pins them at a second input size to find the dynamic dims; the tool says so in a note
+    (a known degraded path: loops are then judged without it) and still plans."""
+    with notes.expected("shape inference left", "shape inference at a second input size"):
+        yield
 
 
 def _model(nodes, inits, out_dims, out_type=TensorProto.FLOAT) -> onnx.ModelProto:
@@ -83,6 +96,7 @@ def _chunk_and_check(model, op: str, axis: int, tmp_path, chunk: int = 3, length
 @pytest.mark.parametrize("upper", [0, 1])
 @pytest.mark.parametrize("k", [None, 0, 2, -3])
 @pytest.mark.parametrize("axis", [0, 1])
+
 def test_trilu_rows_and_columns_take_the_offset(upper, k, axis, tmp_path):
     nodes = _length_nodes() + [
         helper.make_node("Concat", ["len1", "len1"], ["ls"], axis=0),
@@ -291,8 +305,11 @@ def test_cli_exit_3_lists_the_bounds(tmp_path):
     onnx.save(posgraphs.gpt_trilu(), str(src))
     args = [sys.executable, "-m", "autochunk_onnx", "optimize", str(src), str(tmp_path / "o.onnx"), "-b", "1KB",
             "-s", f"x:1x{L}x64"]
-    p = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, AUTOCHUNK_STRICT="0")  # the second-pinning note (see the fixture) is expected here too
+    p = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=str(Path(__file__).resolve().parents[1]),
+                       env=env)
     assert p.returncode == 3, p.stderr
-    assert len(p.stderr.strip().splitlines()) == 1  # the one error line
+    errors = [ln for ln in p.stderr.strip().splitlines() if not ln.startswith("autochunk-onnx: note:")]
+    assert len(errors) == 1  # the one error line (notes before it)
     assert "bounded by" in p.stdout and ("model" in p.stdout or "tool" in p.stdout)
     assert not (tmp_path / "o.onnx").exists()
