@@ -1,6 +1,6 @@
 """The estimate replays ONNX Runtime's CPU allocation planner: each rule checked against ORT itself.
 
-`_ort_peak` runs a model in a child process with ORT's profiler and an arena that allocates exactly
+`bench.estimate_accuracy.arena_peak` runs a model in a child process with ORT's profiler and an arena that allocates exactly
 what is asked (no rounding, no free-list slack): the peak of its allocator statistics is what ORT's
 planner and kernels really hold, with none of the malloc and RSS noise of `measure.py`. Single ops
 must agree to the byte (up to the arena's 256-byte rounding), whole models to a few percent. The kernel tables (Einsum, Where) are also
@@ -8,16 +8,13 @@ checked against the figures measured when they were written (ORT 1.31.1 CPU).
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
 from autochunk_onnx import api
+from bench.estimate_accuracy import arena_peak  # the one exact-arena measurement (also the harness's)
 from autochunk_onnx.peak import estimate_graph
 from autochunk_onnx.kernels import einsum_scratch
 from autochunk_onnx.inputs import make_inputs
@@ -25,41 +22,9 @@ from models import synthetic
 
 MiB = 2**20
 
-_CHILD = r"""
-import json, os, sys
-import numpy as np, onnxruntime as ort
-path, feeds_path = sys.argv[1], sys.argv[2]
-feeds = dict(np.load(feeds_path))
-mi = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-# grow by exactly the request and always split chunks: in-use bytes are the requested bytes
-ort.create_and_register_allocator(mi, ort.OrtArenaCfg({"arena_extend_strategy": 1, "max_dead_bytes_per_chunk": 1,
-                                                        "initial_chunk_size_bytes": 1024}))
-so = ort.SessionOptions()
-so.add_session_config_entry("session.use_env_allocators", "1")
-so.enable_profiling = True
-so.profile_file_prefix = os.path.join(os.path.dirname(feeds_path), "prof")
-so.log_severity_level = 3
-s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-s.run(None, feeds)
-events = json.load(open(s.end_profiling()))
-rows = [e["args"] for e in events if e.get("cat") == "Node" and e["name"].endswith("kernel_time")]
-base = int(rows[0]["mem_bytes_in_use"]) - int(rows[0]["mem_in_use_delta"])
-print(json.dumps(max(int(r["mem_in_use_peak"]) for r in rows) - base))
-"""
-
-
-def _ort_peak(path: str, feeds: dict[str, np.ndarray], tmp_path) -> int:
-    """Peak bytes ORT's allocator hands out during one run (weights and inputs excluded)."""
-    fp = tmp_path / "feeds.npz"
-    np.savez(fp, **feeds)
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(fp)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def _compare(path, shapes, tmp_path) -> tuple[int, int]:
     m, est = api.estimate(str(path), shapes)
-    got = _ort_peak(str(path), make_inputs(m.original, m.shapes), tmp_path)
+    got = arena_peak(str(path), make_inputs(m.original, m.shapes))
     return est.peak_bytes, got
 
 
