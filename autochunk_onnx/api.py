@@ -18,6 +18,7 @@ import onnx
 
 from . import notes as _notes
 from . import providers as _providers
+from . import ranges as _ranges
 from .budget import parse_budget
 from .compare import OutputDiff, all_ok, compare_outputs
 from .errors import AutochunkError, BadInputError, BudgetUnreachableError, GateError, VerificationError
@@ -90,6 +91,44 @@ def estimate(model: ModelLike, input_shapes=None) -> tuple[Loaded, Estimate]:
         est = estimate_graph(m.graph)
         m.notes = [str(n) for n in sink]
     return m, est
+
+
+@dataclass
+class Sweep:
+    """Estimated peak against length over a range: the original, and a chunked model when given."""
+
+    range: "_ranges.ShapeRange"
+    lengths: list[int]
+    original: list[int]
+    chunked: list[int] | None = None
+
+    def to_dict(self) -> dict:
+        return {**self.range.to_dict(), "points": [
+            {"length": L, "original_peak_bytes": o, "chunked_peak_bytes": None if self.chunked is None else self.chunked[k]}
+            for k, (L, o) in enumerate(zip(self.lengths, self.original))]}
+
+
+def sweep(model: ModelLike, input_shapes, chunked: ModelLike | None = None, points: int = _ranges.SAMPLES) -> Sweep:
+    """Estimate the peak at `points` lengths across the range in `input_shapes` (geometric, bottom
+    and top included), for the model and for `chunked` (a model this tool wrote from it)."""
+    sr = _ranges.split(input_shapes)
+    if sr is None:
+        raise BadInputError("--sweep needs a length range in --input-shape, as in input_ids:1x512..8192")
+    if points < 2:
+        raise BadInputError(f"--sweep {points}: give 2 or more lengths")
+    path, proto = _read(model)
+    _ranges.check(proto, sr)
+    _ranges.check_lengths(proto, sr)
+    lengths = sr.lengths(points)
+    with _notes.collect():
+        orig = [estimate_graph(_ranges.prepare_at(lambda s: _prepare(path, proto, s), sr, L).graph).peak_bytes
+                for L in lengths]
+        ch = None
+        if chunked is not None:
+            cpath, cproto = _read(chunked)
+            ch = [estimate_graph(_ranges.prepare_at(lambda s: _prepare(cpath, cproto, s), sr, L).graph).peak_bytes
+                  for L in lengths]
+    return Sweep(sr, lengths, orig, ch)
 
 
 @dataclass
@@ -174,6 +213,7 @@ class VerifyReport:
     latency: Latency | None = None
     gates: list[Gate] = field(default_factory=list)
     budget: int | None = None  # optimize's budget in bytes: the measured chunked peak is judged against it
+    range_checks: list = field(default_factory=list)  # a length range: RangeCheck at the bottom, middle, top
 
     @property
     def mem_ratio(self) -> float:
@@ -225,13 +265,22 @@ def verify(original, chunked, input_shapes=None, *, feeds=None, inputs_path: str
             check_writable_file(save_inputs, "--save-inputs")
         wanted = _providers.resolve(providers, allow_fallback)
         max_peak_b = parse_budget(max_peak, flag="--max-peak") if max_peak is not None else None
+        sr = _range_of(_read(original)[1], input_shapes, inputs_path, save_inputs) if feeds is None else None
         with tempfile.TemporaryDirectory(prefix="autochunk-verify-") as tmp, \
                 _on_disk(original, tmp, "original.onnx") as a_path, _on_disk(chunked, tmp, "chunked.onnx") as b_path:
-            rep = _verify(a_path, b_path, input_shapes, feeds=feeds, inputs_path=inputs_path, providers=wanted,
-                          allow_fallback=allow_fallback, atol=atol, rtol=rtol, seed=seed, iterations=iterations,
-                          latency_time_s=latency_time_s, measure_latency=measure_latency, loaded=loaded,
-                          progress=progress, save_inputs=save_inputs,
-                          model=original if isinstance(original, onnx.ModelProto) else None)
+            if sr is not None:
+                src, proto = _read(original)
+                rep, checks = _verify_range(a_path, b_path, sr, lambda shapes: _prepare(src, proto, shapes),
+                                            providers=wanted, allow_fallback=allow_fallback, atol=atol, rtol=rtol,
+                                            seed=seed, iterations=iterations, latency_time_s=latency_time_s,
+                                            progress=progress, budget=None, measure_latency=measure_latency)
+                rep.range_checks = checks
+            else:
+                    rep = _verify(a_path, b_path, input_shapes, feeds=feeds, inputs_path=inputs_path, providers=wanted,
+                              allow_fallback=allow_fallback, atol=atol, rtol=rtol, seed=seed, iterations=iterations,
+                              latency_time_s=latency_time_s, measure_latency=measure_latency, loaded=loaded,
+                              progress=progress, save_inputs=save_inputs,
+                              model=original if isinstance(original, onnx.ModelProto) else None)
         rep.gates = check_gates(rep.mem_ratio, rep.latency_ratio, rep.chunked.peak_bytes, max_mem_ratio=max_mem_ratio,
                                 max_latency_ratio=max_latency_ratio, max_peak=max_peak_b)
         if rep.ok and rep.failed_gates:
@@ -295,6 +344,8 @@ class OptimizeResult:
     notes: list[str] = field(default_factory=list)  # what was changed or degraded besides chunking (texts)
     model: onnx.ModelProto | None = None  # the rewritten model when no output path was given
     input_shapes: dict[str, list[int]] = field(default_factory=dict)  # every input's pinned shape
+    range: "_ranges.RangePlan | None" = None  # a length range: rows rules and the estimate across it
+    range_checks: list = field(default_factory=list)  # RangeCheck at the bottom, middle and top
 
     @property
     def gates(self) -> list[Gate]:
@@ -348,8 +399,9 @@ def _optimize(path, out_path, budget, input_shapes, verify_output, best_effort, 
         check_model_output(src, out, force, keep_failed)
     if save_inputs is not None:
         check_writable_file(save_inputs, "--save-inputs")
+    sr = _range_of(original_proto, input_shapes, inputs_path, save_inputs)
     say("loading and inferring shapes")
-    m = _prepare(src, original_proto, parse_input_shapes(input_shapes))
+    m = _prepare(src, original_proto, sr.top if sr is not None else parse_input_shapes(input_shapes))
     timings["load_s"] = time.perf_counter() - t
     t = time.perf_counter()
     original = estimate_graph(m.graph)
@@ -375,6 +427,16 @@ def _optimize(path, out_path, budget, input_shapes, verify_output, best_effort, 
         raise BudgetUnreachableError(
             f"budget {_fmt(budget_bytes)} unreachable: best plan reaches {_fmt(p.final.peak_bytes)} ({where})",
             best_plan=p, result=result)
+    if sr is not None:
+        say(f"fitting rows per iteration over lengths {sr.lo}..{sr.hi}")
+        t = time.perf_counter()
+        m_top = m
+        result.range = _ranges.fit(m_top, p, sr, lambda shapes: _prepare(src, m_top.original, shapes))
+        result.plan = p = result.range.plan
+        timings["range_s"] = time.perf_counter() - t
+        if not result.range.fits:
+            _notes.note(f"the estimated peak exceeds {_fmt(p.budget if p.fits else p.final.peak_bytes)} at some length of "
+                        f"{sr.lo}..{sr.hi} (see the range table)", kind=_notes.INFO)
     if dry_run:
         return result
     say("rewriting into Loops")
@@ -391,7 +453,8 @@ def _optimize(path, out_path, budget, input_shapes, verify_output, best_effort, 
                 staged = Path(tmp) / "chunked.onnx"
                 onnx.save(model, str(staged))
                 result.verify = _verify_timed(result, m, src, original_proto, tmp, staged, inputs_path, wanted,
-                                              allow_fallback, atol, rtol, seed, iterations, latency_time_s, say, save_inputs)
+                                              allow_fallback, atol, rtol, seed, iterations, latency_time_s, say, save_inputs,
+                                              sr)
                 if not result.verify.ok:
                     raise VerificationError(_mismatch(result.verify), report=result.verify)
         else:
@@ -407,7 +470,7 @@ def _optimize(path, out_path, budget, input_shapes, verify_output, best_effort, 
                 timings["write_s"] = time.perf_counter() - t
                 try:
                     rep = _verify_timed(result, m, src, original_proto, tmp, staged, inputs_path, wanted,
-                                        allow_fallback, atol, rtol, seed, iterations, latency_time_s, say, save_inputs)
+                                        allow_fallback, atol, rtol, seed, iterations, latency_time_s, say, save_inputs, sr)
                 except BaseException:
                     discard(staged)
                     raise
@@ -437,10 +500,18 @@ def _optimize(path, out_path, budget, input_shapes, verify_output, best_effort, 
 
 
 def _verify_timed(result: OptimizeResult, m: Loaded, src: Path | None, original_proto, tmp: str, staged: Path,
-                  inputs_path, wanted, allow_fallback, atol, rtol, seed, iterations, latency_time_s, say, save_inputs):
+                  inputs_path, wanted, allow_fallback, atol, rtol, seed, iterations, latency_time_s, say, save_inputs,
+                  sr=None):
     say("verifying in ONNX Runtime")
     t = time.perf_counter()
     with _on_disk(original_proto if src is None else src, tmp, "original.onnx") as a_path:
+        if sr is not None:
+            rep, result.range_checks = _verify_range(a_path, str(staged), sr, lambda shapes: _prepare(src, m.original, shapes),
+                                                     providers=wanted, allow_fallback=allow_fallback, atol=atol, rtol=rtol,
+                                                     seed=seed, iterations=iterations, latency_time_s=latency_time_s,
+                                                     progress=say, budget=result.budget)
+            result.timings["verify_s"] = time.perf_counter() - t
+            return rep
         rep = _verify(a_path, str(staged), None, feeds=None, inputs_path=inputs_path, providers=wanted,
                       allow_fallback=allow_fallback, atol=atol, rtol=rtol, seed=seed, iterations=iterations,
                       latency_time_s=latency_time_s, measure_latency=True, loaded=m, progress=say,
@@ -449,9 +520,100 @@ def _verify_timed(result: OptimizeResult, m: Loaded, src: Path | None, original_
     return rep
 
 
+@dataclass
+class RangeCheck:
+    """Verification at one length of a range: outputs compared (`report`) where the original fits
+    this machine's memory, the chunked model's peak measured always."""
+
+    length: int
+    chunked: Measurement
+    report: VerifyReport | None = None  # None: the original was not run at this length (memory)
+    why_not_compared: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.report is None or self.report.ok
+
+    def to_dict(self) -> dict:
+        from .report import verify_json
+
+        return {"length": self.length, "compared": self.report is not None, "ok": self.ok,
+                "chunked_peak_bytes": self.chunked.peak_bytes, "method": self.chunked.method,
+                "why_not_compared": self.why_not_compared or None,
+                "verify": verify_json(self.report) if self.report is not None else None}
+
+
+def _range_of(original_proto: onnx.ModelProto, input_shapes, inputs_path, save_inputs):
+    """The length range in the input shapes (None: pinned), checked against the model's dims."""
+    sr = _ranges.split(input_shapes)
+    if sr is None:
+        return None
+    if inputs_path is not None or save_inputs is not None:
+        raise BadInputError("--load-inputs and --save-inputs need pinned shapes: a length range verifies on generated "
+                            "inputs at several lengths")
+    _ranges.check(original_proto, sr)
+    _ranges.check_lengths(original_proto, sr)
+    return sr
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _verify_range(a_path: str, b_path: str, sr, prepare, *, providers, allow_fallback, atol, rtol, seed, iterations,
+                  latency_time_s, progress, budget: int | None = None,
+                  measure_latency: bool = True) -> tuple[VerifyReport, list[RangeCheck]]:
+    """Verify at the bottom, middle and top of the range: outputs and latency where the original's
+    estimated peak fits a third of the memory available, the chunked peak everywhere. Returns the
+    report at the longest compared length (the one gates judge) and every length's check."""
+    say = progress or (lambda _msg: None)
+    avail = _available_memory()
+    checks: list[RangeCheck] = []
+    main = None
+    for L in sorted({sr.lo, sr.middle, sr.hi}):
+        m = _ranges.prepare_at(prepare, sr, L)
+        feeds = make_inputs(m.original, m.shapes, seed=seed)
+        orig_est = estimate_graph(m.graph).peak_bytes
+        if avail is not None and orig_est > avail // 3 and L != sr.lo:
+            say(f"length {L}: measuring the chunked model's peak (the original's estimated {_fmt(orig_est)} is over a "
+                f"third of the {_fmt(avail)} available)")
+            b = measure(b_path, feeds, providers=providers, repeats=0)
+            _providers.check_active(providers, b.providers, allow_fallback, "the chunked model")
+            checks.append(RangeCheck(L, b, None, f"original estimated at {orig_est} bytes, over a third of the "
+                                                 f"{avail} bytes available"))
+            continue
+        say(f"length {L}: verifying")
+        rep = _verify(a_path, b_path, None, feeds=feeds, inputs_path=None, providers=providers,
+                      allow_fallback=allow_fallback, atol=atol, rtol=rtol, seed=seed, iterations=iterations,
+                      latency_time_s=latency_time_s, measure_latency=measure_latency, loaded=m, progress=progress)
+        rep.budget = budget
+        checks.append(RangeCheck(L, rep.chunked, rep))
+        main = rep
+    over = [c for c in checks if budget is not None and c.chunked.peak_bytes > budget]
+    if over:
+        _notes.note("measured chunked peak over the budget at length(s) " + ", ".join(
+            f"{c.length} ({_fmt(c.chunked.peak_bytes)})" for c in over) + f" (budget {_fmt(budget)})", kind=_notes.INFO)
+    bad = next((c for c in checks if not c.ok), None)
+    if bad is not None:
+        _notes.note(f"outputs differ at length {bad.length} of the range", kind=_notes.INFO)
+        main = bad.report
+    if main is None:  # pragma: no cover - the bottom is always compared
+        raise BadInputError("no length of the range could be compared")
+    main.range_checks = checks
+    return main, checks
+
+
 def _mismatch(rep: VerifyReport) -> str:
     bad = next(d for d in rep.diffs if not d.ok)
-    return (f"verification failed: output {bad.name!r} differs (max abs {bad.max_abs:.3g}, max rel {bad.max_rel:.3g}, "
+    where = next((f" at length {c.length}" for c in rep.range_checks if not c.ok), "")
+    return (f"verification failed: output {bad.name!r} differs{where} (max abs {bad.max_abs:.3g}, max rel {bad.max_rel:.3g}, "
             f"{bad.mismatches}/{bad.total} elements out of tolerance{'; ' + bad.note if bad.note else ''})")
 
 

@@ -15,12 +15,27 @@ from .peak import Estimate
 from .graph import Graph
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Rows per iteration computed at run time (a length range, `ranges.py`): max(1, k // L), L the
+    run-time size of dim `dim` of graph input `input`."""
+
+    k: int
+    input: str
+    dim: int
+
+    def at(self, length: int) -> int:
+        return max(1, self.k // length)
+
+
 @dataclass(frozen=True, eq=False)
 class Loop:
-    """One chunk loop of the plan: the region it computes, `chunk` units per iteration."""
+    """One chunk loop of the plan: the region it computes, `chunk` units per iteration (at the
+    pinned shape; `rows`, when set, computes them from the run-time length instead)."""
 
     region: Region
     chunk: int
+    rows: Rows | None = None
 
     @property
     def iterations(self) -> int:

@@ -144,6 +144,7 @@ class _Emitter:
 
     def __init__(self, graph: Graph, lp: Loop, tag: str, names: _Names, dynamic: dict):
         self.graph, self.r, self.chunk_size, self.tag, self.names, self.dynamic = graph, lp.region, lp.chunk, tag, names, dynamic
+        self.rows = lp.rows  # a length range: rows per iteration computed from the run-time length
         self.outer: list[onnx.NodeProto] = []
         self.body: list[onnx.NodeProto] = []
         self.value_info: list[onnx.ValueInfoProto] = []
@@ -177,8 +178,11 @@ class _Emitter:
                 self.units = length
         else:
             self.units = self.const(outer, "units", [r.units])
-        self.chunk = self.const(outer, "chunk", [self.chunk_size])
-        cm1 = self.const(outer, "chunk_minus_1", [self.chunk_size - 1])
+        if self.rows is None:
+            self.chunk = self.const(outer, "chunk", [self.chunk_size])
+            cm1 = self.const(outer, "chunk_minus_1", [self.chunk_size - 1])
+        else:
+            cm1 = self.runtime_chunk()
         # "t2" is taken but unused: it keeps every later name, and so the output, as it was
         t1, _t2, trip1, self.trip = (names(f"{tag}/{s}") for s in ("t1", "t2", "trip1d", "trip"))
         empty_shape = self.const(outer, "scalar_shape", np.zeros((0,), np.int64))
@@ -193,6 +197,24 @@ class _Emitter:
             outer.append(helper.make_node("SequenceEmpty", [], [s], name=s, dtype=self.graph.info(o).elem_type))
             seqs.append(s)
         return seqs
+
+    def runtime_chunk(self) -> str:
+        """Outer graph, for a length range: chunk = max(1, k // L), L = Shape(input)[dim]; returns
+        chunk - 1 (the trip count's rounding). Where the chunk reaches the whole cut, one iteration."""
+        rows, names, tag, outer = self.rows, self.names, self.tag, self.outer
+        shp, length, q, self.chunk, cm1 = (names(f"{tag}/{s}") for s in ("range_shape", "range_length", "rows_q",
+                                                                          "chunk", "chunk_minus_1"))
+        dim = self.const(outer, "range_dim", [rows.dim])
+        k = self.const(outer, "rows_k", [rows.k])
+        one = self.const(outer, "one", [1])
+        outer += [
+            helper.make_node("Shape", [rows.input], [shp], name=shp),
+            helper.make_node("Gather", [shp, dim], [length], name=length, axis=0),
+            helper.make_node("Div", [k, length], [q], name=q),
+            helper.make_node("Max", [q, one], [self.chunk], name=self.chunk),
+            helper.make_node("Sub", [self.chunk, one], [cm1], name=cm1),
+        ]
+        return cm1
 
     def bounds_in_body(self) -> None:
         """Body: start = i*chunk, end = min(start+chunk, units), len = end-start (1-D int64)."""
@@ -313,10 +335,16 @@ class _Emitter:
         outer = self.outer
         outer.append(helper.make_node("Loop", [self.trip, ""] + seqs, finals, name=loop_name, body=body_graph,
                                       doc_string=f"autochunk: {len(r.body)} nodes, {r.units} units along axis "
-                                                 f"{r.cuts[r.end].axis} of {r.end}, chunk {self.chunk_size}"))
+                                                 f"{r.cuts[r.end].axis} of {r.end}, chunk {self._chunk_doc()}"))
         for o, f in zip(r.outputs, finals):
             outer.append(helper.make_node("ConcatFromSequence", [f], [o], name=names(f"{tag}/join"), axis=r.cuts[o].axis, new_axis=0))
         return outer
+
+
+    def _chunk_doc(self) -> str:
+        if self.rows is None:
+            return str(self.chunk_size)
+        return f"max(1, {self.rows.k} // L), L = dim {self.rows.dim} of {self.rows.input} ({self.chunk_size} at the planned length)"
 
 
 def _chunk_vi(graph: Graph, t: str, name: str, c: Cut, tag: str, dynamic: dict) -> onnx.ValueInfoProto:

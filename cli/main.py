@@ -43,7 +43,7 @@ TOLERANCE = ("Outputs match when |a-b| <= atol + rtol*|a| element-wise (a = orig
 BUDGET_HELP = ("Activation-memory budget: 4GB (10^9-based), 4GiB or 4G (2^30-based), 512MiB, 1e9B, or a "
                "percentage of the original estimated peak (20%).")
 SHAPE_FLAGS = ("--input-shape", "--input-shapes", "-s")
-_DIMS_TAIL = re.compile(r"^(\[[^\]]*\]|\([^)]*\)|[0-9]+([xX*,][0-9]+)*)$")
+_DIMS_TAIL = re.compile(r"^(\[[^\]]*\]|\([^)]*\)|[0-9]+(\.\.[0-9]+)?([xX*,][0-9]+(\.\.[0-9]+)?)*)$")
 
 
 # ----------------------------------------------------------------------------- option groups
@@ -51,7 +51,8 @@ def input_shape_opt(f):
     return click.option(
         "--input-shape", "--input-shapes", "-s", "input_shapes", multiple=True, metavar="NAME:DIMS",
         help="Pin input dims: NAME:1x4096, NAME:[1,4096] or NAME:1,4096 (name split on the last colon); "
-             "several after one flag or repeat the flag. `inspect` prints a ready line.")(f)
+             "several after one flag or repeat the flag. `inspect` prints a ready line. A dim written LO..HI "
+             "(input_ids:1x512..32768) is a length range: planned at HI, rows per iteration computed at run time.")(f)
 
 
 def provider_opts(f):
@@ -363,12 +364,38 @@ def _fill_optimize(run: Run, res, dry_run: bool) -> None:
                       budget=_budget_field(res.budget_text, res.budget),
                       verify=verify_json(res.verify) if res.verify else None,
                       gates=gates_json(res.gates))
+    _fill_range(run, getattr(res, "range", None), getattr(res, "range_checks", None))
+
+
+def _fill_range(run: Run, rp, checks) -> None:
+    """A length range: plan.range (rules, estimate at bottom/middle/top), verify.range (per length)."""
+    if rp is not None and run.fields.get("plan") is not None:
+        run.fields["plan"]["range"] = rp.to_dict()
+    if checks and run.fields.get("verify") is not None:
+        run.fields["verify"]["range"] = [c.to_dict() for c in checks]
+
+
+def _range_checks_text(checks) -> str:
+    lines = [f"{'length':>8}  {'outputs':9} {'original peak':>14} {'chunked peak':>13}  latency ratio"]
+    for c in checks:
+        rep = c.report
+        if rep is None:
+            lines.append(f"{c.length:>8}  {'not run':9} {'-':>14} {fmt_bytes(c.chunked.peak_bytes):>13}  -  "
+                         f"(original not run: {c.why_not_compared})")
+        else:
+            lines.append(f"{c.length:>8}  {'match' if rep.ok else 'DIFFER':9} {fmt_bytes(rep.original.peak_bytes):>14} "
+                         f"{fmt_bytes(rep.chunked.peak_bytes):>13}  {rep.latency_ratio:.3f}")
+    return "\n".join(lines)
 
 
 def _print_optimize(res, dry_run: bool) -> None:
     click.echo(plan_text(res.plan, show_bounds=True if dry_run else None))
+    if getattr(res, "range", None) is not None:
+        click.echo(res.range.text())
     if res.verify:
         click.echo(verify_text(res.verify))
+        if getattr(res, "range_checks", None):
+            click.echo(_range_checks_text(res.range_checks))
         if res.verify.over_budget:
             click.echo(f"{PROG}: warning: measured chunked peak {fmt_bytes(res.verify.chunked.peak_bytes)} is over the "
                        f"budget {fmt_bytes(res.budget)} (the budget bounds the estimate, "
@@ -383,12 +410,19 @@ def _print_optimize(res, dry_run: bool) -> None:
 @input_shape_opt
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Draw live bytes over the node order to a PNG (needs matplotlib).")
 @click.option("--top", type=int, default=8, show_default=True, help="Live tensors to list.")
+@click.option("--sweep", type=int, default=None, metavar="N",
+              help="With a length range (-s input_ids:1x512..8192): estimate at N lengths across it (default 5 when a "
+                   "range is given); --plot then draws peak against length.")
+@click.option("--chunked", type=click.Path(path_type=Path), default=None,
+              help="With a range: also sweep this chunked model (written by optimize from MODEL).")
 @output_opts
-def estimate(model, input_shapes, plot, top, as_json, report, quiet, verbose, debug):
+def estimate(model, input_shapes, plot, top, sweep, chunked, as_json, report, quiet, verbose, debug):
     """Estimate MODEL's peak activation memory in ONNX Runtime, and what is live at the peak."""
     run = Run("estimate", as_json, report, quiet, verbose, debug)
     run.check_paths(report=report, plot=plot)
     run.fields.update(model=str(model), input_shapes=_shapes_field(input_shapes))
+    if sweep is not None or chunked is not None or _has_range(input_shapes):
+        _estimate_sweep(run, model, input_shapes, plot, sweep, chunked, quiet, as_json)
     loaded, est = run.call(lambda: api.estimate(model, list(input_shapes)))
     run.fields.update(estimate=estimate_json(est), input_shapes={k: list(v) for k, v in loaded.shapes.items()})
     if plot:
@@ -396,6 +430,56 @@ def estimate(model, input_shapes, plot, top, as_json, report, quiet, verbose, de
     if not quiet and not as_json:
         click.echo(estimate_text(est, top))
     run.finish(0)
+
+
+def _has_range(input_shapes) -> bool:
+    from autochunk_onnx.ranges import has_range
+
+    return has_range(list(input_shapes))
+
+
+def _estimate_sweep(run: Run, model, input_shapes, plot, points, chunked, quiet, as_json) -> None:
+    """estimate over a length range: a table (and a PNG) of estimated peak against length."""
+    sw = run.call(lambda: api.sweep(model, list(input_shapes), chunked, points if points is not None else 5))
+    run.fields["estimate"] = {"sweep": sw.to_dict()}
+    if plot:
+        run.call(lambda: _plot_sweep(sw, plot, model.name))
+    if not quiet and not as_json:
+        head = f"{'length':>8}  {'original est':>13}" + (f"  {'chunked est':>12}  {'ratio':>6}" if sw.chunked else "")
+        click.echo(head)
+        for k, (L, o) in enumerate(zip(sw.lengths, sw.original)):
+            row = f"{L:>8}  {fmt_bytes(o):>13}"
+            if sw.chunked:
+                row += f"  {fmt_bytes(sw.chunked[k]):>12}  {sw.chunked[k] / o if o else float('nan'):>6.3f}"
+            click.echo(row)
+    run.finish(0)
+
+
+def _plot_sweep(sw, path: str, title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(sw.lengths, [b / 2**20 for b in sw.original], marker="o", label="original (estimated)")
+    if sw.chunked:
+        ax.plot(sw.lengths, [b / 2**20 for b in sw.chunked], marker="s", label="chunked (estimated)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("length")
+    ax.set_ylabel("peak activation MiB")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from autochunk_onnx.errors import BadInputError
+        raise BadInputError("--plot needs matplotlib: pip install 'autochunk-onnx[plot]'") from None
+    return plt
 
 
 def _plot(est, path: str, title: str) -> None:
@@ -459,11 +543,15 @@ def verify(original, chunked, input_shapes, providers, allow_fallback, atol, rto
 
     rep = run.call(go, on_error)
     run.fields.update(verify=verify_json(rep), gates=gates_json(rep.gates))
+    _fill_range(run, None, rep.range_checks)
     if not quiet and not as_json:
         click.echo(verify_text(rep))
+        if rep.range_checks:
+            click.echo(_range_checks_text(rep.range_checks))
     if not rep.ok:
         bad = next(d for d in rep.diffs if not d.ok)
-        run.finish(4, f"verification failed: output {bad.name!r} differs")
+        where = next((f" at length {c.length}" for c in rep.range_checks if not c.ok), "")
+        run.finish(4, f"verification failed: output {bad.name!r} differs{where}")
     run.finish(0)
 
 
