@@ -17,15 +17,16 @@ from .graph import Graph
 
 @dataclass(frozen=True)
 class Rows:
-    """Rows per iteration computed at run time (a length range, `ranges.py`): max(1, k // L), L the
-    run-time size of dim `dim` of graph input `input`."""
+    """Rows per iteration computed at run time (a length range, `ranges.py`): max(1, k // L**power),
+    L the run-time size of dim `dim` of graph input `input`."""
 
     k: int
     input: str
     dim: int
+    power: int = 1  # 2 where the loop's bytes per row grow as L² (triangle attention over a pair)
 
     def at(self, length: int) -> int:
-        return max(1, self.k // length)
+        return max(1, self.k // length ** self.power)
 
 
 @dataclass(frozen=True, eq=False)

@@ -314,14 +314,18 @@ class Rule:
     per_row: tuple[tuple[int, int], ...]  # (length, bytes per row of the loop's step) at the samples
     largest: tuple[tuple[int, int, int], ...]  # (length, largest chunk within budget, units) at the samples
 
+    @property
+    def power(self) -> int:
+        return {"inverse": 1, "inverse_square": 2}.get(self.kind, 0)
+
     def rows(self, length: int) -> int:
-        return max(1, self.k // length) if self.kind == "inverse" else self.k
+        return max(1, self.k // length ** self.power) if self.power else self.k
 
     def text(self) -> str:
         lo, hi = self.per_row[0], self.per_row[-1]
         grow = f"per-row bytes {_fmt(lo[1])} at {lo[0]} -> {_fmt(hi[1])} at {hi[0]}"
-        if self.kind == "inverse":
-            return f"rows = max(1, {self.k} // L) ({grow})"
+        if self.power:
+            return f"rows = max(1, {self.k} // L{'' if self.power == 1 else '^2'}) ({grow})"
         return f"rows = {self.k} ({grow})"
 
     def to_dict(self) -> dict:
@@ -435,14 +439,17 @@ def _rule(samples: list[tuple[int, int, int, int]]) -> Rule:
     per_row = tuple((L, b) for L, _, _, b in samples)
     largest = tuple((L, c, u) for L, c, u, _ in samples)
     binding = [(L, c) for L, c, u, _ in samples if c < u]
-    lo_b, hi_b = per_row[0][1], per_row[-1][1]
-    grows = hi_b > GROWS * max(lo_b, 1)
+    (lo_L, lo_b), (hi_L, hi_b) = per_row[0], per_row[-1]
     if not binding:  # the whole region fits at every sampled length: one iteration everywhere
         top_units = max(u for _, _, u, _ in samples)
         return Rule("constant", top_units, per_row, largest)
-    if grows:
-        return Rule("inverse", min(c * L for L, c in binding), per_row, largest)
-    return Rule("constant", min(c for _, c in binding), per_row, largest)
+    if hi_b <= GROWS * max(lo_b, 1) or hi_L == lo_L:
+        return Rule("constant", min(c for _, c in binding), per_row, largest)
+    # bytes per row ~ L^p: p near 2 (a pair's triangle attention, [L, H, L, L] per row block) or near 1
+    p = math.log(hi_b / max(lo_b, 1)) / math.log(hi_L / lo_L)
+    if p >= 1.5:
+        return Rule("inverse_square", min(c * L * L for L, c in binding), per_row, largest)
+    return Rule("inverse", min(c * L for L, c in binding), per_row, largest)
 
 
 def fit(m_top, plan_top: Plan, sr: ShapeRange, prepare: Callable, limit: int | None = None) -> RangePlan:
@@ -491,7 +498,7 @@ def fit(m_top, plan_top: Plan, sr: ShapeRange, prepare: Callable, limit: int | N
     chunks_top = [min(r.rows(sr.hi), lp.region.units) for r, lp in zip(rules, plan_top.loops)]
     loops = []
     for lp, r, c in zip(plan_top.loops, rules, chunks_top):
-        rows = Rows(r.k, sr.ranges[0].input, sr.ranges[0].dim) if r.kind == "inverse" else None
+        rows = Rows(r.k, sr.ranges[0].input, sr.ranges[0].dim, r.power) if r.power else None
         loops.append(Loop(lp.region, c, rows))
     final, order = estimate_plan(graph_top, loops, top.fused)
     new_plan = replace(plan_top, loops=tuple(loops), final=final, order=tuple(order), fits=final.peak_bytes <= plan_top.budget)

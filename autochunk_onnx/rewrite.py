@@ -210,6 +210,12 @@ class _Emitter:
         outer += [
             helper.make_node("Shape", [rows.input], [shp], name=shp),
             helper.make_node("Gather", [shp, dim], [length], name=length, axis=0),
+        ]
+        if rows.power == 2:
+            sq = names(f"{tag}/range_length_sq")
+            outer.append(helper.make_node("Mul", [length, length], [sq], name=sq))
+            length = sq
+        outer += [
             helper.make_node("Div", [k, length], [q], name=q),
             helper.make_node("Max", [q, one], [self.chunk], name=self.chunk),
             helper.make_node("Sub", [self.chunk, one], [cm1], name=cm1),
@@ -344,7 +350,9 @@ class _Emitter:
     def _chunk_doc(self) -> str:
         if self.rows is None:
             return str(self.chunk_size)
-        return f"max(1, {self.rows.k} // L), L = dim {self.rows.dim} of {self.rows.input} ({self.chunk_size} at the planned length)"
+        den = "L" if self.rows.power == 1 else f"L^{self.rows.power}"
+        return (f"max(1, {self.rows.k} // {den}), L = dim {self.rows.dim} of {self.rows.input} ({self.chunk_size} at the "
+                f"planned length)")
 
 
 def _chunk_vi(graph: Graph, t: str, name: str, c: Cut, tag: str, dynamic: dict) -> onnx.ValueInfoProto:

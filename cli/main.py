@@ -441,7 +441,7 @@ def _has_range(input_shapes) -> bool:
 def _estimate_sweep(run: Run, model, input_shapes, plot, points, chunked, quiet, as_json) -> None:
     """estimate over a length range: a table (and a PNG) of estimated peak against length."""
     sw = run.call(lambda: api.sweep(model, list(input_shapes), chunked, points if points is not None else 5))
-    run.fields["estimate"] = {"sweep": sw.to_dict()}
+    run.fields.update(estimate={"sweep": sw.to_dict()}, input_shapes=sw.range.top)
     if plot:
         run.call(lambda: _plot_sweep(sw, plot, model.name))
     if not quiet and not as_json:

@@ -207,6 +207,12 @@ def test_cli_range_json_and_sweep(gpt, planned, tmp_path):
     assert [p["length"] for p in pts] == [LO, 128, HI]
     assert pts[-1]["chunked_peak_bytes"] < pts[-1]["original_peak_bytes"]
     assert all(p["chunked_peak_bytes"] <= budget for p in pts)
+    png = tmp_path / "sweep.png"
+    r = cli("estimate", gpt, "-s", f"input_ids:1x{LO}..{HI}", "--chunked", out, "--sweep", "3", "--plot", png)
+    assert r.exit_code == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["length", "original", "est", "chunked", "est", "ratio"] and len(lines) == 4
     r = cli("estimate", gpt, "--sweep", "3", "-s", f"input_ids:1x{HI}")
     assert r.exit_code == 2 and "length range" in r.stderr
 
