@@ -44,6 +44,8 @@ models:
 	.venv-models/bin/pip install -q -r models/requirements.txt
 	.venv-models/bin/pip install -q --no-deps openfold3
 	.venv-models/bin/python -m models.export --family all --out models/out --size bench
+	.venv-models/bin/python -m models.export --family bert --size base --attn eager --exporter torchscript --out models/out
+	.venv-models/bin/python -m models.fuse --size bench --src models/out --out models/out --report models/out/fused.json
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

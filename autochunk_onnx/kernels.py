@@ -71,19 +71,85 @@ def attention_scratch(graph: Graph, node: Node) -> int:
 
 
 def ms_attention_scratch(graph: Graph, node: Node) -> int:
-    """com.microsoft Attention (fused QKV projection) on CPU: the scores [b, h, q, k], the packed
-    Q, K, V projections (3x the output) and the context before its transpose (1x the output).
-    Measured one node at a time, RSS method, D=256 H=4 at L=1024 / 2048, with and without a
-    mask_index: 19.8 / 72.0 MiB against 20.0 / 72.0 MiB. CUDA: unverified (no GPU here)."""
+    """com.microsoft Attention (fused QKV projection) on CPU: the scores [b, h, q, past + q], the
+    packed Q, K, V projections (3x the output) and the context before its transpose (1x the
+    output). Measured one node at a time (exact arena), D=256 H=4 at L=1024 / 2048, with and
+    without a mask_index: 20.0 / 72.0 MiB, exact. CUDA: unverified (no GPU here)."""
     x = graph.shape(node.inputs[0])
     info = graph.info(node.outputs[0])
     if not (x and info is not None and len(x) == 3):
         return 0
     heads = node.attr("num_heads", 1)
-    past = 0
+    past_shape = graph.shape(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] else None
+    past = past_shape[3] if past_shape and len(past_shape) == 5 else 0
     size = itemsize(info.elem_type)
     scores = x[0] * heads * x[1] * (x[1] + past) * size
     return int(scores + 4 * graph.nbytes(node.outputs[0]))
+
+
+# --- com.microsoft ops (issue 16), ORT 1.31 CPU, measured one node at a time (exact arena, profiler
+# mem_in_use_peak) at L = 1024, 2048, 4096 (`python -m bench.contrib --ops`). Rows without a scratch
+# function measured 0 beyond their outputs: RotaryEmbedding, SkipLayerNormalization,
+# SkipSimplifiedLayerNormalization, SimplifiedLayerNormalization, QuickGelu,
+# EmbedLayerNormalization, MatMulNBits (4 bits, block 32). CUDA: none of this is verified (no GPU
+# here); the CUDA kernels use other paths (flash / memory-efficient attention, cuBLAS workspaces).
+
+# MLAS flash attention (MHA without mask or bias, GQA): per intra-op thread a block of
+# q_block x (kv_block + head + 2) floats; 128 x 512 measured at head 64 (the blocks follow the L2
+# cache size: other CPUs differ). ORT's default pool has one thread per core.
+FLASH_Q_BLOCK, FLASH_KV_BLOCK = 128, 512
+
+
+def _flash_buffer(q_len: int, kv_len: int, head: int) -> int:
+    import os
+    qb, kb = min(FLASH_Q_BLOCK, q_len), min(FLASH_KV_BLOCK, kv_len)
+    return (os.cpu_count() or 1) * qb * (kb + head + 2) * 4
+
+
+def _input(graph: Graph, node: Node, k: int):
+    return graph.shape(node.inputs[k]) if len(node.inputs) > k and node.inputs[k] else None
+
+
+def ms_mha_scratch(graph: Graph, node: Node) -> int:
+    """MultiHeadAttention (separate Q, K, V [b, s, d]) on CPU. With a key padding mask or an
+    attention bias: the unfused path, scores [b, h, q, k] + 4x the output (272.0 MiB at L=4096,
+    D=256, H=4, measured 272.0). Without: MLAS flash attention, Q, K, V in head layout (3x the
+    output) + the per-thread flash buffers (3.56 / 12.56 MiB at L=1024 / 4096, exact). With a QKV
+    bias the allocator hands out one more output-sized buffer (4x, exact arena) that the RSS
+    method does not see touched (3x + buffers): the RSS figure is used."""
+    q, k = _input(graph, node, 0), _input(graph, node, 1)
+    info = graph.info(node.outputs[0])
+    if not (q and info is not None and len(q) == 3):
+        return 2 * graph.nbytes(node.outputs[0])  # packed layouts: not probed
+    heads = node.attr("num_heads", 1)
+    kv_len = k[1] if k and len(k) == 3 else k[2] if k and len(k) == 4 else q[1]
+    out = graph.nbytes(node.outputs[0])
+    masked = _input(graph, node, 4) is not None or _input(graph, node, 5) is not None
+    if masked or node.attr("unidirectional", 0):
+        return int(q[0] * heads * q[1] * kv_len * itemsize(info.elem_type) + 4 * out)
+    return int(3 * out + _flash_buffer(q[1], kv_len, q[2] // heads))
+
+
+def ms_gqa_scratch(graph: Graph, node: Node) -> int:
+    """GroupQueryAttention on CPU (prefill, empty past): Q in head layout and the context before
+    its transpose (2x the output) + the per-thread flash buffers: 2.56 / 8.56 MiB at L=1024 / 4096,
+    4 query and 2 KV heads of 64, exact. Decoding with a long past: not probed."""
+    q = _input(graph, node, 0)
+    info = graph.info(node.outputs[0])
+    if not (q and info is not None and len(q) == 3):
+        return 2 * graph.nbytes(node.outputs[0])
+    heads = node.attr("num_heads", 1)
+    pk = _input(graph, node, 3)
+    kv_len = q[1] + (pk[2] if pk and len(pk) == 4 else 0)
+    return int(2 * graph.nbytes(node.outputs[0]) + _flash_buffer(q[1], kv_len, q[2] // heads))
+
+
+def ms_bias_gelu_scratch(graph: Graph, node: Node) -> int:
+    """BiasGelu, FastGelu with a bias: the biased input is a temporary of the output's size
+    (4.0 / 8.0 MiB at [1, L, 1024], L = 1024 / 2048, exact). FastGelu without bias: 0."""
+    if node.op_type == "FastGelu" and _input(graph, node, 1) is None:
+        return 0
+    return graph.nbytes(node.outputs[0])
 
 
 def _bcast_numel(a, b) -> int:

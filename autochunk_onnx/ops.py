@@ -20,6 +20,7 @@ import onnx
 
 from . import dimrules as R
 from . import posrules as P
+from . import contribrules as C
 from . import kernels as K
 from . import notes
 from .graph import Graph, Node
@@ -111,6 +112,7 @@ def _eq_conv(n: Node, shapes: list) -> list:
 
 # --- the registry --------------------------------------------------------------------------------
 E, B = R.elementwise, _eq_broadcast
+MS = "com.microsoft"
 _ROWS = [
     # element-wise, binary (numpy broadcasting)
     OpInfo("Add", rule=E, equates=B, clone=True, shape_arith=True, fold=True, gelu_island=True),
@@ -199,9 +201,20 @@ _ROWS = [
     OpInfo("Conv", rule=R.conv, flops=K.conv_flops, equates=_eq_conv),
     OpInfo("ConvTranspose", rule=R.conv),
     OpInfo("Attention", rule=R.attention, scratch=K.attention_scratch),
-    # com.microsoft Attention: QKV projection inside the op, so query rows need the whole input
-    # for K and V; opaque for the chunk flow (issue 16), scratch measured.
-    OpInfo("Attention", domain="com.microsoft", scratch=K.ms_attention_scratch, ort_folds=False),
+    # com.microsoft ops (issue 16: ORT's transformers optimizer, onnxruntime-genai): rules in
+    # contribrules.py, scratch measured one node at a time (kernels.py); no scratch = measured 0.
+    # Attention: QKV projection inside the op, so query rows need the whole input: batch only.
+    OpInfo("Attention", domain=MS, rule=C.attention_ms, scratch=K.ms_attention_scratch, ort_folds=False),
+    OpInfo("MultiHeadAttention", domain=MS, rule=C.multi_head_attention, scratch=K.ms_mha_scratch, ort_folds=False),
+    OpInfo("GroupQueryAttention", domain=MS, scratch=K.ms_gqa_scratch, ort_folds=False),  # KV cache: opaque
+    OpInfo("RotaryEmbedding", domain=MS, rule=C.rotary_embedding, position=C.position_rotary),
+    OpInfo("SkipLayerNormalization", domain=MS, rule=C.skip_layer_norm),
+    OpInfo("SkipSimplifiedLayerNormalization", domain=MS, rule=C.skip_layer_norm),
+    OpInfo("BiasGelu", domain=MS, rule=R.elementwise, scratch=K.ms_bias_gelu_scratch),
+    OpInfo("FastGelu", domain=MS, rule=R.elementwise, scratch=K.ms_bias_gelu_scratch),
+    OpInfo("QuickGelu", domain=MS, rule=R.elementwise),
+    OpInfo("EmbedLayerNormalization", domain=MS, rule=C.embed_layer_norm),
+    OpInfo("MatMulNBits", domain=MS, rule=C.matmul_nbits, flops=K.matmul_flops),
     # layout and views
     OpInfo("Transpose", rule=R.transpose, clone=True, fold=True),
     OpInfo("Reshape", rule=R.reshape_like, alias=True, shape_input=1, shape_arith=True, fold=True, passes_values=True,
@@ -258,7 +271,7 @@ _ROWS = [
     OpInfo("ConcatFromSequence", sequence=True),
     OpInfo("SequenceAt", sequence=True),
 ]
-del E, B
+del E, B, MS
 
 REGISTRY: dict[tuple[str, str], OpInfo] = {(r.domain, r.op_type): r for r in _ROWS}
 assert len(REGISTRY) == len(_ROWS), "an op has two rows"

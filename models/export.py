@@ -447,6 +447,9 @@ def bert_spec(size: str, attn: str, opset: int) -> Spec:
     if size == "tiny":
         cfg = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2,
                    intermediate_size=256, vocab_size=1000, max_position_embeddings=1024)
+    elif size == "base":  # BERT-base widths, 2 layers (issue 16's fused case)
+        cfg = dict(num_hidden_layers=2, hidden_size=768, num_attention_heads=12,
+                   intermediate_size=3072, vocab_size=8192, max_position_embeddings=8192)
     else:
         cfg = dict(num_hidden_layers=2, hidden_size=256, num_attention_heads=4,
                    intermediate_size=1024, vocab_size=8192, max_position_embeddings=8192)
@@ -1104,7 +1107,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="one family, or all")
     ap.add_argument("--out", default="models/out")
     ap.add_argument("--opset", type=int, choices=(20, 23), default=20)
-    ap.add_argument("--size", choices=("tiny", "bench"), default="bench")
+    ap.add_argument("--size", choices=("tiny", "bench", "base"), default="bench",
+                    help="base: BERT-base widths (768, 12 heads), 2 layers; bert only")
     ap.add_argument("--attn", choices=("eager", "sdpa", "classic", "both"), default="both",
                     help="attention implementation (transformers eager/sdpa, diffusers classic/sdpa)")
     ap.add_argument("--exporter", choices=EXPORTERS + ("both",), default="both",
@@ -1128,6 +1132,8 @@ def main(argv: list[str] | None = None) -> int:
         variants = [v for v in variants if v[0] == args.family]
         if not variants:
             ap.error(f"--opset {args.opset} has no variant for --family {args.family}")
+    if args.size == "base" and args.family != "bert":
+        ap.error("--size base is for --family bert only")
     if args.attn != "both":
         variants = [v for v in variants if v[1] in ("-", args.attn)]
     if args.exporter != "both":
