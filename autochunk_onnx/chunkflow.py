@@ -154,6 +154,9 @@ def trace_flow(graph: Graph, order: list[int], end_pos: int, end_tensor: str, ax
                     req[i] = _merge(req.get(i), VALUE)
                 else:
                     req[i] = _merge(req.get(i), WHOLE)
+            for k in ops.info(n).whole_too:  # also read whole (com.microsoft Attention: K, V)
+                if k < len(n.inputs) and n.inputs[k] and cuts[k] is not None:
+                    req[n.inputs[k]] = _merge(req.get(n.inputs[k]), WHOLE)
         elif m == VALUE:
             if not ops.info(n).shape_output:
                 for i in n.inputs:

@@ -15,17 +15,18 @@ ONNX Runtime's transformers optimizer and onnxruntime-genai's model builder writ
   the mask over the sequence).
 
 com.microsoft Attention computes Q, K and V from its one input inside the op: a chunk of query
-rows would need the whole input for K and V, which a dim rule cannot say (one cut per input), so
-it has no rule and stays opaque (its measured scratch is in kernels.py). GroupQueryAttention
-appends to a KV cache: opaque as well (chunked prefill is not done).
+rows reads that input sliced and whole (`OpInfo.whole_too`); its position rule projects K and V
+once before the loop and hands each chunk all keys as the op's `past` (position_attention).
+GroupQueryAttention appends to a KV cache: opaque (chunked prefill is not done).
 """
 from __future__ import annotations
 
 from fractions import Fraction
 from typing import Optional
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .graph import Graph, Node
 
@@ -152,19 +153,101 @@ def embed_layer_norm(g: Graph, n: Node, k: int, axis: int):
 
 
 def attention_ms(g: Graph, n: Node, k: int, axis: int):
-    """Batch only (the QKV projection is inside the op: query rows need the whole input)."""
-    if k != 0 or axis != 0 or any(len(n.inputs) > i and n.inputs[i] for i in range(4, len(n.inputs))):
-        return MIX
+    """com.microsoft Attention: the batch, or query rows. Q, K, V are projected from the one input
+    inside the op, so a chunk of query rows also reads the whole input (`OpInfo.whole_too`): the
+    position rule projects K, V once before the loop and gives each chunk all keys as `past`.
+    Bidirectional only, no past, equal Q/K/V widths; mask: none, 1-D end positions [b] or 2-D [b, L]."""
     x = _shape(g, n, 0)
-    res: list[Optional[tuple]] = [None] * len(n.inputs)
-    res[0] = (0, ONE)
+    if k != 0 or x is None or len(x) != 3 or any(len(n.inputs) > i and n.inputs[i] for i in range(4, len(n.inputs))):
+        return MIX
     m = _shape(g, n, 3)
-    if m is not None:
-        if len(m) == 1 and m[0] == x[0] and x[0] != 1:
-            res[3] = (0, ONE)
-        elif len(m) >= 2:
-            res[3] = (0, ONE) if m[0] == x[0] and x[0] != 1 else None
-        elif x[0] != 1:
-            return MIX
+    res: list[Optional[tuple]] = [None] * len(n.inputs)
+    if axis == 0:
+        res[0] = (0, ONE)
+        if m is not None:
+            if len(m) == 1 and m[0] == x[0] and x[0] != 1:
+                res[3] = (0, ONE)
+            elif len(m) >= 2:
+                res[3] = (0, ONE) if m[0] == x[0] and x[0] != 1 else None
+            elif x[0] != 1:
+                return MIX
+        return res
+    if axis != 1 or n.attr("unidirectional", 0) or n.attr("past_present_share_buffer", 0) or n.attr("do_rotary", 0):
+        return MIX
+    sizes = n.attr("qkv_hidden_sizes")
+    w = _shape(g, n, 1)
+    if sizes and len(set(sizes)) != 1 or w is None or len(w) != 2 or w[1] % 3:
+        return MIX
+    if m is not None and not (len(m) == 1 and m[0] == x[0] or len(m) == 2 and m[1] == x[1]):
+        return MIX  # start/end or 3-D/4-D masks: not done
+    res[0] = (1, ONE)
     return res
 
+
+def position_attention(p) -> None:
+    """Query rows [s, e) of com.microsoft Attention(x, W, b, mask): before the loop, K and V of
+    the whole x ([2, b, h, L, d/h], what the op's `past` holds) and a 2-D key mask; in the body,
+    Attention(x[s:e], W, b, mask', past') with past' = K, V without rows [s, e), which the op
+    appends from the chunk itself, and mask' the key mask in that order. Softmax over keys does
+    not depend on their order (bidirectional, no position bias), so the chunk equals rows [s, e)
+    of the whole (max abs diff ~3e-7 measured)."""
+    g, n, proto = p.graph, p.node, p.proto
+    if p.cut.axis != 1:
+        p.body.append(proto)
+        return
+    if p.outer is None:
+        raise ValueError("Attention by query rows needs nodes before the loop")
+    x, w, b = n.inputs[0], n.inputs[1], n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else None
+    heads = n.attr("num_heads", 1)
+    d = g.shape(w)[1] // 3
+    outer, body, names, tag = p.outer, p.body, p.names, p.tag
+    base = f"{n.name or n.outputs[0]}/{tag}"
+
+    def node(op, ins, nodes, **attrs):
+        out = names(f"{base}/{op}")
+        nodes.append(helper.make_node(op, ins, [out], name=out, **attrs))
+        return out
+
+    def const(values, nodes, dtype=np.int64):
+        out = names(f"{base}/const")
+        nodes.append(helper.make_node("Constant", [], [out], name=out,
+                                      value=numpy_helper.from_array(np.asarray(values, dtype=dtype), out)))
+        return out
+
+    # before the loop: K, V of the whole input, in the layout of `past`
+    wkv = node("Slice", [w, const([d], outer), const([3 * d], outer), const([1], outer)], outer)
+    kv = node("MatMul", [x, wkv], outer)
+    if b is not None:
+        kv = node("Add", [kv, node("Slice", [b, const([d], outer), const([3 * d], outer), const([0], outer)], outer)], outer)
+    kv = node("Reshape", [kv, const([0, 0, 2, heads, d // heads], outer)], outer)
+    kv = node("Transpose", [kv], outer, perm=[2, 0, 3, 1, 4])
+    # a 2-D int32 key mask [b, L]: given, from the 1-D end positions, or all ones
+    mask = n.inputs[3] if len(n.inputs) > 3 and n.inputs[3] else None
+    shape = node("Shape", [x], outer)
+    if mask is None:
+        bl = node("Slice", [shape, const([0], outer), const([2], outer), const([0], outer)], outer)
+        mask2 = node("ConstantOfShape", [bl], outer, value=numpy_helper.from_array(np.array([1], np.int32)))
+    elif len(g.shape(mask)) == 1:
+        length = node("Squeeze", [node("Slice", [shape, const([1], outer), const([2], outer), const([0], outer)], outer)],
+                      outer)
+        ar = node("Range", [const(0, outer), length, const(1, outer)], outer)
+        ends = node("Unsqueeze", [node("Cast", [mask], outer, to=onnx.TensorProto.INT64), const([1], outer)], outer)
+        mask2 = node("Cast", [node("Less", [node("Unsqueeze", [ar, const([0], outer)], outer), ends], outer)], outer,
+                     to=onnx.TensorProto.INT32)
+    else:
+        mask2 = mask
+    # in the body: keys without the chunk's rows (the op appends them), the mask in that order
+    end = node("Add", [p.start, p.length], body)
+    zero, big = const([0], body), const([np.iinfo(np.int64).max], body)
+    ax3, ax1 = const([3], body), const([1], body)
+    past = node("Concat", [node("Slice", [kv, zero, p.start, ax3], body), node("Slice", [kv, end, big, ax3], body)], body,
+                axis=3)
+    mask_c = node("Concat", [node("Slice", [mask2, zero, p.start, ax1], body), node("Slice", [mask2, end, big, ax1], body),
+                             node("Slice", [mask2, p.start, end, ax1], body)], body, axis=1)
+    ins = list(proto.input) + [""] * (5 - len(proto.input))
+    ins[3], ins[4] = mask_c, past
+    del proto.input[:]
+    proto.input.extend(ins)
+    del proto.output[1:]
+    proto.output.append(names(f"{base}/present_unused"))
+    body.append(proto)

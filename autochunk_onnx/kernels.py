@@ -87,6 +87,19 @@ def ms_attention_scratch(graph: Graph, node: Node) -> int:
     return int(scores + 4 * graph.nbytes(node.outputs[0]))
 
 
+def ms_attention_loop_extra(graph: Graph, node: Node) -> int:
+    """com.microsoft Attention cut along query rows (contribrules.position_attention): K, V of the
+    whole input [2, b, h, L, d/h] made before the loop, per chunk the `past` without the chunk's
+    rows and the `present` the kernel must write (each as large), and the 2-D key mask made
+    before the loop and permuted per chunk."""
+    x = graph.shape(node.inputs[0])
+    info = graph.info(node.outputs[0])
+    if not (x and info is not None and len(x) == 3):
+        return 0
+    kv = 2 * graph.nbytes(node.outputs[0])
+    return int(3 * kv + 2 * x[0] * x[1] * 4)
+
+
 # --- com.microsoft ops (issue 16), ORT 1.31 CPU, measured one node at a time (exact arena, profiler
 # mem_in_use_peak) at L = 1024, 2048, 4096 (`python -m bench.contrib --ops`). Rows without a scratch
 # function measured 0 beyond their outputs: RotaryEmbedding, SkipLayerNormalization,

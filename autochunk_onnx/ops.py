@@ -60,6 +60,8 @@ class OpInfo:
     sequence: bool = False  # makes or reads tensor sequences (no tensor shape)
     position: Optional[PositionRule] = None  # issue 11: patch inside the Loop body with the chunk offset
     opsets: Optional[tuple[int, int]] = None  # (first, last) opset it exists in; None: as onnx.defs says
+    whole_too: tuple[int, ...] = ()  # inputs read whole as well as cut (its position rule reads them)
+    loop_extra: Optional[Callable[[Graph, Node], int]] = None  # bytes its chunked form adds in a loop
 
     @property
     def first_opset(self) -> int | None:
@@ -203,8 +205,10 @@ _ROWS = [
     OpInfo("Attention", rule=R.attention, scratch=K.attention_scratch),
     # com.microsoft ops (issue 16: ORT's transformers optimizer, onnxruntime-genai): rules in
     # contribrules.py, scratch measured one node at a time (kernels.py); no scratch = measured 0.
-    # Attention: QKV projection inside the op, so query rows need the whole input: batch only.
-    OpInfo("Attention", domain=MS, rule=C.attention_ms, scratch=K.ms_attention_scratch, ort_folds=False),
+    # Query rows: K, V of the whole input projected once before the loop, each chunk attends to
+    # them as `past` (contribrules.position_attention).
+    OpInfo("Attention", domain=MS, rule=C.attention_ms, scratch=K.ms_attention_scratch, ort_folds=False,
+           whole_too=(0,), position=C.position_attention, loop_extra=K.ms_attention_loop_extra),
     OpInfo("MultiHeadAttention", domain=MS, rule=C.multi_head_attention, scratch=K.ms_mha_scratch, ort_folds=False),
     OpInfo("GroupQueryAttention", domain=MS, scratch=K.ms_gqa_scratch, ort_folds=False),  # KV cache: opaque
     OpInfo("RotaryEmbedding", domain=MS, rule=C.rotary_embedding, position=C.position_rotary),

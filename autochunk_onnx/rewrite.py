@@ -78,6 +78,7 @@ class PositionPatch:
     body: list
     names: "_Names"
     tag: str
+    outer: list | None = None  # nodes run once before the Loop (None: the rule may not add any)
 
     def const(self, base: str, values, dtype=np.int64) -> str:
         """A Constant node in the body; returns its output name."""
@@ -298,7 +299,7 @@ class _Emitter:
             position = ops.info(n).position
             if position is not None and out_cut is not None and n.index not in r.value_nodes:
                 s0, _, ln = self.bounds(int(out_cut.scale))
-                position(PositionPatch(self.graph, n, new, out_cut, s0, ln, self.body, names, tag))
+                position(PositionPatch(self.graph, n, new, out_cut, s0, ln, self.body, names, tag, self.outer))
             else:
                 self.body.append(new)
             for o in n.outputs:

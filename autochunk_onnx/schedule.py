@@ -46,6 +46,8 @@ def _body_timeline(graph: Graph, region: Region, chunk: int, fused: dict[int, in
             st.extra_bytes = _einsum_chunk_scratch(graph, region, n, chunk, st.extra_bytes, frac)
         elif n.index not in region.value_nodes:
             st.extra_bytes = int(st.extra_bytes * frac)  # kernel scratch scales with the chunk
+        if ops.info(n).loop_extra is not None and n.index not in region.value_nodes:
+            st.extra_bytes += ops.info(n).loop_extra(graph, n)  # what its chunked form adds (ops.py)
         ins = []
         cuts = region.in_cuts.get(n.index)
         for k, i in enumerate(n.inputs):

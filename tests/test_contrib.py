@@ -5,6 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
+from onnx import numpy_helper
 
 import autochunk_onnx as ac
 from autochunk_onnx import notes, ops
@@ -95,7 +96,10 @@ def _contrib_cases():
                                case(f(2, 5, 16), f(2, 7, 16), f(2, 7, 16), "", "", f(2, 2, 5, 7), num_heads=2)],
         "EmbedLayerNormalization": [case(i32(2, 5), i32(2, 5, hi=2), C(f(10, 8)), C(f(16, 8)), C(f(2, 8)), C(f(8)),
                                          C(f(8)), np.ones((2, 5), np.int32), n_out=2, epsilon=1e-12)],
-        "Attention": [case(f(2, 5, 16), C(f(16, 48)), C(f(48)), np.ones((2, 5), np.int32), num_heads=2)],
+        "Attention": [case(f(2, 5, 16), C(f(16, 48)), C(f(48)), np.ones((2, 5), np.int32), num_heads=2),
+                      case(f(2, 6, 16), C(f(16, 48)), C(f(48)), np.array([6, 4], np.int32), num_heads=2),
+                      case(f(2, 6, 16), C(f(16, 48)), C(f(48)), mask[:, :6], num_heads=2),
+                      case(f(1, 7, 16), C(f(16, 48)), C(f(48)), num_heads=4)],
     }
 
 
@@ -115,7 +119,7 @@ def test_contrib_rule_agrees_with_onnxruntime(op):
     import math
     from fractions import Fraction
 
-    from test_ops import C, _apply_position, _build, _chunk_arrays, _run
+    from test_ops import C, _build, _chunk_arrays, _run
 
     from autochunk_onnx.shapes import infer_graph
 
@@ -141,7 +145,7 @@ def test_contrib_rule_agrees_with_onnxruntime(op):
                     sub = _chunk_arrays(row, graph, node, arrays, cuts, axis, lo, hi)
                     chunk_model = _build(op, row, c, sub)
                     if row.position is not None:
-                        _apply_position(row, graph, node, chunk_model, axis, lo, hi)
+                        _apply_position(row, graph, node, chunk_model, axis, lo, hi, arrays, c)
                     parts.append(_run(chunk_model, sub, c["inputs"])[k])
                 np.testing.assert_allclose(np.concatenate(parts, axis=axis), whole[k], rtol=1e-5, atol=1e-5,
                                            err_msg=f"{op} {c['attrs']} output {k} cut on axis {axis}")
@@ -176,3 +180,32 @@ def test_fused_bert_estimate_has_no_unknown_scratch():
     with notes.collect() as got:
         _, est = ac.estimate("models/tiny/bert_tiny_ts_fused.onnx", {"input_ids": [1, 256], "attention_mask": [1, 256]})
     assert est.peak_bytes > 0 and not [n for n in got if "estimate may be low" in n.text]
+
+
+def _apply_position(row, graph, node, model: onnx.ModelProto, axis: int, lo: int, hi: int, arrays, c) -> None:
+    """The row's position rule for chunk [lo, hi), as the rewrite calls it: body nodes read the
+    chunk's inputs; nodes it puts before the loop read the whole inputs (`whole/in{k}`)."""
+    from fractions import Fraction
+
+    from test_ops import C
+
+    from autochunk_onnx.chunkflow import Cut
+    from autochunk_onnx.rewrite import PositionPatch, _Names
+
+    proto = onnx.NodeProto()
+    proto.CopyFrom(model.graph.node[0])
+    body, outer = [], []
+    pp = PositionPatch(graph, node, proto, Cut(axis, Fraction(1)), "chunk_start", "chunk_len", body, _Names(model),
+                       "t", outer)
+    row.position(pp)
+    # before the loop the node's own input names mean the whole tensors: feed them under those names
+    whole = {f"in{k}" for k, s in enumerate(c["inputs"]) if not isinstance(s, (C, str))}
+    for n in outer:
+        n.input[:] = [f"whole/{i}" if i in whole else i for i in n.input]
+    del model.graph.node[:]
+    model.graph.node.extend(outer + body)
+    model.graph.initializer.extend([numpy_helper.from_array(np.array([lo], np.int64), "chunk_start"),
+                                    numpy_helper.from_array(np.array([hi - lo], np.int64), "chunk_len")])
+    for k in sorted(whole):
+        a = np.asarray(arrays[int(k[2:])])
+        model.graph.initializer.append(numpy_helper.from_array(a, f"whole/{k}"))
