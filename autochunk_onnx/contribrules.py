@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import notes
 from .graph import Graph, Node
 
 ONE = Fraction(1)
@@ -251,3 +252,12 @@ def position_attention(p) -> None:
     del proto.output[1:]
     proto.output.append(names(f"{base}/present_unused"))
     body.append(proto)
+
+
+def group_query_attention(g: Graph, n: Node, k: int, axis: int):
+    """Opaque, said in a note: a chunked prefill (a Loop of shorter prefills, each appending to
+    the KV cache the next one reads) needs the cache carried from one iteration to the next and
+    `present` built up across them; the rewrite's Loops carry only the chunks of their outputs."""
+    notes.note(f"GroupQueryAttention node {n.name} is computed whole: a chunked prefill needs the KV cache "
+               f"carried across loop iterations, which the rewrite does not emit", kind=notes.INFO)
+    return MIX

@@ -104,7 +104,7 @@ def ms_attention_loop_extra(graph: Graph, node: Node) -> int:
 # mem_in_use_peak) at L = 1024, 2048, 4096 (`python -m bench.contrib --ops`). Rows without a scratch
 # function measured 0 beyond their outputs: RotaryEmbedding, SkipLayerNormalization,
 # SkipSimplifiedLayerNormalization, SimplifiedLayerNormalization, QuickGelu,
-# EmbedLayerNormalization, MatMulNBits (4 bits, block 32). CUDA: none of this is verified (no GPU
+# EmbedLayerNormalization. CUDA: none of this is verified (no GPU
 # here); the CUDA kernels use other paths (flash / memory-efficient attention, cuBLAS workspaces).
 
 # MLAS flash attention (MHA without mask or bias, GQA): per intra-op thread a block of
@@ -155,6 +155,20 @@ def ms_gqa_scratch(graph: Graph, node: Node) -> int:
     pk = _input(graph, node, 3)
     kv_len = q[1] + (pk[2] if pk and len(pk) == 4 else 0)
     return int(2 * graph.nbytes(node.outputs[0]) + _flash_buffer(q[1], kv_len, q[2] // heads))
+
+
+def ms_matmul_nbits_scratch(graph: Graph, node: Node) -> int:
+    """MatMulNBits (4 bits, block 32): 0 beyond the output at accuracy_level 0; at level 4 (int8
+    compute, what onnxruntime-genai's builder writes) A quantized to int8 with a scale and a block
+    sum per block: rows x (K + K/block x 8) bytes (0.313 / 1.25 MiB at [1, L, 256], L = 1024 / 4096,
+    exact)."""
+    if node.attr("accuracy_level", 0) != 4:
+        return 0
+    a = _input(graph, node, 0)
+    if not a:
+        return 0
+    k, block = a[-1], node.attr("block_size", 32)
+    return int(math.prod(a[:-1]) * (k + -(-k // block) * 8))
 
 
 def ms_bias_gelu_scratch(graph: Graph, node: Node) -> int:

@@ -210,7 +210,8 @@ _ROWS = [
     OpInfo("Attention", domain=MS, rule=C.attention_ms, scratch=K.ms_attention_scratch, ort_folds=False,
            whole_too=(0,), position=C.position_attention, loop_extra=K.ms_attention_loop_extra),
     OpInfo("MultiHeadAttention", domain=MS, rule=C.multi_head_attention, scratch=K.ms_mha_scratch, ort_folds=False),
-    OpInfo("GroupQueryAttention", domain=MS, scratch=K.ms_gqa_scratch, ort_folds=False),  # KV cache: opaque
+    OpInfo("GroupQueryAttention", domain=MS, rule=C.group_query_attention, scratch=K.ms_gqa_scratch,
+           ort_folds=False),  # KV cache: opaque, with a note
     OpInfo("RotaryEmbedding", domain=MS, rule=C.rotary_embedding, position=C.position_rotary),
     OpInfo("SkipLayerNormalization", domain=MS, rule=C.skip_layer_norm),
     OpInfo("SkipSimplifiedLayerNormalization", domain=MS, rule=C.skip_layer_norm),
@@ -218,7 +219,7 @@ _ROWS = [
     OpInfo("FastGelu", domain=MS, rule=R.elementwise, scratch=K.ms_bias_gelu_scratch),
     OpInfo("QuickGelu", domain=MS, rule=R.elementwise),
     OpInfo("EmbedLayerNormalization", domain=MS, rule=C.embed_layer_norm),
-    OpInfo("MatMulNBits", domain=MS, rule=C.matmul_nbits, flops=K.matmul_flops),
+    OpInfo("MatMulNBits", domain=MS, rule=C.matmul_nbits, flops=K.matmul_flops, scratch=K.ms_matmul_nbits_scratch),
     # layout and views
     OpInfo("Transpose", rule=R.transpose, clone=True, fold=True),
     OpInfo("Reshape", rule=R.reshape_like, alias=True, shape_input=1, shape_arith=True, fold=True, passes_values=True,

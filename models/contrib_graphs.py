@@ -113,13 +113,13 @@ def embed_layer_norm(L: int, D: int = 256, vocab: int = 8192, max_pos: int = 819
     return m, {"ids": [1, L], "seg": [1, L], "mask": [1, L]}
 
 
-def matmul_nbits(L: int, K: int = 256, N: int = 1024, bits: int = 4, block: int = 32):
+def matmul_nbits(L: int, K: int = 256, N: int = 1024, bits: int = 4, block: int = 32, accuracy_level: int = 0):
     rng = np.random.default_rng(7)
     blocks = K // block
     wq = rng.integers(0, 256, (N, blocks, block * bits // 8)).astype(np.uint8)
     scales = (rng.random(N * blocks).astype(np.float32) * 0.02 + 0.01)
     n = h.make_node("MatMulNBits", ["a", "wq", "scales"], ["y"], domain=MS, K=K, N=N, bits=bits, block_size=block,
-                    name="mm4")
+                    name="mm4", **({"accuracy_level": accuracy_level} if accuracy_level else {}))
     m = _model([n], [_vi("a", [1, "L", K])], [_vi("y", [1, "L", N])],
                [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(scales, "scales")])
     return m, {"a": [1, L, K]}
@@ -143,6 +143,7 @@ CASES = [
     ("QuickGelu", gelu_op("QuickGelu")),
     ("EmbedLayerNormalization", embed_layer_norm),
     ("MatMulNBits", matmul_nbits),
+    ("MatMulNBits_acc4", lambda L: matmul_nbits(L, accuracy_level=4)),  # what the genai builder writes
 ]
 
 

@@ -54,7 +54,7 @@ MEASURED_MIB_4096 = {
     "MultiHeadAttention_bias_mask": 276.0, "GroupQueryAttention": 16.4, "RotaryEmbedding": 4.0,
     "SkipLayerNormalization": 4.0, "SkipSimplifiedLayerNormalization": 4.0, "SimplifiedLayerNormalization": 4.0,
     "BiasGelu": 32.0, "FastGelu": 32.0, "FastGelu_nobias": 16.0, "QuickGelu": 16.0, "EmbedLayerNormalization": 4.0,
-    "MatMulNBits": 16.0,
+    "MatMulNBits": 16.0, "MatMulNBits_acc4": 17.25,
 }
 
 
@@ -109,7 +109,19 @@ def pos_(n):
 
 def test_every_contrib_rule_has_a_case():
     ruled = sorted(op for (dom, op), row in ops.REGISTRY.items() if dom == "com.microsoft" and row.rule is not None)
-    assert sorted(_contrib_cases()) == ruled
+    assert sorted(list(_contrib_cases()) + ["GroupQueryAttention"]) == ruled
+
+
+def test_group_query_attention_stays_whole_and_says_why():
+    from models.contrib_graphs import group_query_attention
+
+    from autochunk_onnx.shapes import infer_graph
+
+    model, _ = group_query_attention(64)
+    graph = infer_graph(model)
+    with notes.collect() as got:
+        assert all(ops.trace_node(graph, graph.nodes[0], 0, a) == ops.MIX for a in range(3))
+    assert any("GroupQueryAttention node gqa is computed whole: a chunked prefill" in n.text for n in got)
 
 
 @pytest.mark.parametrize("op", sorted(_contrib_cases()))
