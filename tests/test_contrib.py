@@ -221,3 +221,17 @@ def _apply_position(row, graph, node, model: onnx.ModelProto, axis: int, lo: int
     for k in sorted(whole):
         a = np.asarray(arrays[int(k[2:])])
         model.graph.initializer.append(numpy_helper.from_array(a, f"whole/{k}"))
+
+
+def test_fused_bert_attention_is_chunked_along_query_rows(tmp_path):
+    """The optimizer's BERT (EmbedLayerNormalization, Attention, BiasGelu, SkipLayerNormalization):
+    its Attention runs in a Loop on query rows with the whole input's K, V as `past`, and the
+    outputs equal the original's in ORT (padded mask: mask_index below L)."""
+    src = "models/tiny/bert_tiny_ts_fused.onnx"
+    res = ac.optimize(src, str(tmp_path / "b.onnx"), "30%", {"input_ids": [1, 512], "attention_mask": [1, 512]},
+                      iterations=1)
+    assert res.verify.ok and res.verify.mem_ratio < 0.5
+    out = onnx.load(str(tmp_path / "b.onnx"))
+    loops = [n for n in out.graph.node if n.op_type == "Loop"]
+    in_body = [m for lp in loops for m in lp.attribute[0].g.node if m.op_type == "Attention"]
+    assert in_body and all(m.domain == "com.microsoft" and len(m.input) == 5 and m.input[4] for m in in_body)
