@@ -162,6 +162,10 @@ def _death_message(model_path: str, returncode: int, stderr: bytes) -> str:
             name = f"signal {sig}"
         if sig == signal.SIGKILL:
             return f"measuring {model_path}: the child process was killed ({name}), most likely out of memory"
+        if sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE):
+            return (f"measuring {model_path}: ONNX Runtime crashed in the child process ({name}): a crash inside "
+                    f"ORT, not an output that differs (ORT 1.31 segfaults at ORT_ENABLE_ALL on some float16 Loop "
+                    f"bodies, see README 'ORT crashes'); try another --budget")
         return f"measuring {model_path}: the child process died ({name})"
     lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
     tail = lines[-1].strip() if lines else "no message"
