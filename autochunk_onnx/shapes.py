@@ -279,7 +279,9 @@ def infer_shapes(pinned: onnx.ModelProto, note_holes: bool = True) -> dict[str, 
         same = _same_shape(work, tensors)  # empty unless onnx's engine stopped somewhere
         if not holes and not same:
             break
-        res = _fold(work, tensors) if holes else None
+        # not in a round that declares same-shape outputs: past where onnx's engine stopped, the sizes
+        # are ORT's, which may be wrong (its Einsum mistake); a Shape folded from one would stay wrong
+        res = _fold(work, tensors) if holes and not same else None
         same += _carried(work.graph, tensors)
         if res is None and not same:
             break
