@@ -33,6 +33,7 @@ from onnx import helper, numpy_helper
 
 from . import notes
 from .graph import Graph, Node, TensorInfo, itemsize, outer_reads
+from .kernels import LOOP_BODY
 
 SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SplitToSequence",
                           "ConcatFromSequence", "SequenceAt", "SequenceLength"})
@@ -195,6 +196,7 @@ def _run_body(model: onnx.ModelProto, body: onnx.GraphProto, feeds: dict[str, ob
     extra = complete(flat, inner, seq_in)
     bg = Graph(flat, inner)
     bg.__dict__[_EXTRA] = extra
+    bg.__dict__[LOOP_BODY] = True  # ORT's level-3 rewrites (NCHWc Conv) do not reach bodies
     steps = graph_steps(bg)
     produced = {o for n in body.node for o in n.output if o}
     sizes = {}

@@ -5,7 +5,8 @@ measured one node at a time (profiler `mem_in_use_peak` minus in-use before, exa
 matches on every probed shape (tests/test_estimate.py re-runs the probes). Ops without one:
 MatMul, Gemm, FusedMatMul (also with broadcast batch dims), LayerNormalization,
 InstanceNormalization, Transpose, Concat, Split, Slice, Gather, Expand, Resize measured 0; Conv
-(MLAS convolves in tiles: 0.12 MiB whatever the size; ORT's NCHWc copies are nodes of their own).
+in a Loop body or not rewritten to NCHWc (MLAS convolves in tiles: 0.12 MiB whatever the size;
+the NCHWc buffers of a main-graph 2-D Conv are `conv_scratch`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import onnx
 from . import notes
 from .graph import Graph, Node, itemsize
 from .graphutil import ellipsis_labels, parse_einsum
+
+LOOP_BODY = "_loop_body"  # set on the Graph of a Loop/If/Scan body (estimate_loops): ORT's level-3 rewrites skip bodies
 
 
 # --- scratch -------------------------------------------------------------------------------------
@@ -177,6 +180,119 @@ def ms_bias_gelu_scratch(graph: Graph, node: Node) -> int:
     if node.op_type == "FastGelu" and _input(graph, node, 1) is None:
         return 0
     return graph.nbytes(node.outputs[0])
+
+
+_NCHWC_BLOCK: int | None = None
+
+
+def nchwc_block() -> int:
+    """MLAS's NCHWc block on this CPU (16 with AVX-512F, 8 with AVX2; 1: ORT makes no NCHWc Conv),
+    read once from ORT's own level-3 graph of a 1-channel Conv (its weight is padded to the block)."""
+    global _NCHWC_BLOCK
+    if _NCHWC_BLOCK is None:
+        _NCHWC_BLOCK = _probe_nchwc_block()
+    return _NCHWC_BLOCK
+
+
+def _probe_nchwc_block() -> int:
+    import os
+    import tempfile
+
+    import numpy as np
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    try:
+        import onnxruntime as ort
+
+        g = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1])], "nchwc_probe",
+                         [h.make_tensor_value_info("x", T.FLOAT, [1, 1, 4, 4])],
+                         [h.make_tensor_value_info("y", T.FLOAT, [1, 1, 4, 4])],
+                         [nh.from_array(np.ones((1, 1, 1, 1), np.float32), "w")])
+        m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)], ir_version=8)
+        with tempfile.TemporaryDirectory(prefix="autochunk-nchwc-") as d:
+            so = ort.SessionOptions()
+            so.log_severity_level = 4
+            so.optimized_model_filepath = os.path.join(d, "opt.onnx")
+            ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            opt = onnx.load(so.optimized_model_filepath)
+        inits = {t.name: t for t in opt.graph.initializer}
+        conv = next((n for n in opt.graph.node if n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"), None)
+        if conv is None:
+            return 1
+        return int(inits[conv.input[1]].dims[0])
+    except Exception as e:  # noqa: BLE001 - without the probe, Conv scratch is taken as plain MLAS's
+        notes.note(f"estimate may be low: ORT's NCHWc block size not read ({type(e).__name__}: {e}); "
+                   "2-D Conv taken without NCHWc buffers")
+        return 1
+
+
+def conv_scratch(graph: Graph, node: Node) -> int:
+    """ORT's level-3 NCHWc rewrite of a float32 2-D Conv in the main graph (not in a Loop/If body:
+    measured plain there): the output is written channel-blocked, its channels padded to the
+    block B (nchwc_block), then copied to NCHW (ReorderOutput) while both are held; an input of
+    B channels or more (always for depthwise) is first copied blocked (ReorderInput). Measured on
+    [1, C, 128, 128] at B=16, 17 single and chained Convs (k 1 and 3, C 3..32, bias, fused
+    Relu/Tanh, depthwise): exact. Chained Convs of B+ channels that skip the reorders between
+    them are counted with them (over by one copy)."""
+    b = nchwc_block()
+    if b <= 1 or graph.__dict__.get(LOOP_BODY) or not _nchwc_conv(graph, node):
+        return 0
+    x, w, out = graph.info(node.inputs[0]), graph.shape(node.inputs[1]), graph.info(node.outputs[0])
+    cin, cout, group = x.shape[1], w[0], node.attr("group", 1)
+    up = lambda c: -(-c // b) * b  # noqa: E731
+    y = out.nbytes
+    yc = y // cout * up(cout)
+    xr = x.nbytes // cin * up(cin) if (cin >= b or group > 1) else 0
+    d = x.nbytes if _dies_at(graph, node, node.inputs[0]) else 0
+    return max(0, xr - y, xr + yc - y - d, yc - d)
+
+
+def _nchwc_conv(graph: Graph, node: Node) -> bool:
+    """Conv that ORT's NchwcTransformer rewrites: float32, 2-D, constant weight (and bias), and
+    one group or depthwise (one filter per channel)."""
+    x, out = graph.info(node.inputs[0]), graph.info(node.outputs[0]) if node.outputs else None
+    w = graph.shape(node.inputs[1]) if len(node.inputs) > 1 else None
+    if x is None or out is None or w is None or x.shape is None or out.nbytes is None or len(x.shape) != 4:
+        return False
+    if x.elem_type != onnx.TensorProto.FLOAT or len(w) != 4 or not graph.is_weight(node.inputs[1]):
+        return False
+    if len(node.inputs) > 2 and node.inputs[2] and not graph.is_weight(node.inputs[2]):
+        return False
+    group = node.attr("group", 1)
+    return group == 1 or (group == x.shape[1] and w[0] == group and w[1] == 1)
+
+
+def _dies_at(graph: Graph, node: Node, t: str) -> bool:
+    """`t` is counted (not a graph input or weight) and `node` is its only reader."""
+    return (t not in graph.input_names and not graph.is_weight(t) and graph.read_count.get(t, 0) == 1)
+
+
+def group_norm_scratch(graph: Graph, node: Node) -> int:
+    """GroupNormalization-21 has no ORT 1.31 CPU kernel: its function body runs, with the input
+    cast to the float32 stash type (a copy even from float32), x - mean and its square alive
+    together: 3 float32 copies of the input at once, the output among them; the input is freed at
+    the Cast when this is its only reader. Measured on [1, 8, 128, 128] alone and after a Conv:
+    exact (3.0x the output)."""
+    out = graph.info(node.outputs[0]) if node.outputs else None
+    if graph.opset < 21 or out is None or out.numel is None or out.nbytes is None:
+        return 0
+    d = graph.nbytes(node.inputs[0]) if _dies_at(graph, node, node.inputs[0]) else 0
+    return max(0, 3 * out.numel * 4 - out.nbytes - d)
+
+
+def variadic_scratch(graph: Graph, node: Node) -> int:
+    """Min, Max, Sum, Mean of three inputs or more fold them pairwise through one temporary of
+    the output's size (two inputs: none). Measured on [3, 64, 64, 16] with 2, 3 and 4 inputs,
+    broadcast or not: exact."""
+    if len([i for i in node.inputs if i]) < 3 or not node.outputs:
+        return 0
+    return graph.nbytes(node.outputs[0])
+
+
+def function_temp_scratch(graph: Graph, node: Node) -> int:
+    """HardSwish and Mish have no ORT 1.31 CPU kernel at opsets 18-23: their function bodies run,
+    x * HardSigmoid(x) and x * Tanh(Softplus(x)), with one temporary of the output's size alive
+    at the final Mul. Measured on [1, 4, 256, 256] at opsets 18, 21, 22, 23: exact."""
+    return graph.nbytes(node.outputs[0]) if node.outputs else 0
 
 
 def _bcast_numel(a, b) -> int:

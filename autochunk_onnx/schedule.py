@@ -44,6 +44,8 @@ def _body_timeline(graph: Graph, region: Region, chunk: int, fused: dict[int, in
         st = node_step(graph, n, fused)
         if ops.info(n).scratch is kernels.einsum_node_scratch:
             st.extra_bytes = _einsum_chunk_scratch(graph, region, n, chunk, st.extra_bytes, frac)
+        elif ops.info(n).scratch is kernels.conv_scratch:
+            st.extra_bytes -= kernels.conv_scratch(graph, n)  # in a Loop body: plain Conv, no NCHWc buffers
         elif n.index not in region.value_nodes:
             st.extra_bytes = int(st.extra_bytes * frac)  # kernel scratch scales with the chunk
         if ops.info(n).loop_extra is not None and n.index not in region.value_nodes:
