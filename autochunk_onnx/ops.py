@@ -121,7 +121,7 @@ _ROWS = [
     OpInfo("Sub", rule=E, equates=B, clone=True, shape_arith=True, fold=True, gelu_island=True),
     OpInfo("Mul", rule=E, equates=B, clone=True, shape_arith=True, fold=True, gelu_island=True),
     OpInfo("Div", rule=E, equates=B, clone=True, shape_arith=True, fold=True, gelu_island=True),
-    OpInfo("Pow", rule=E, equates=B, clone=True, gelu_island=True),
+    OpInfo("Pow", rule=E, equates=B, clone=True, fold=True, gelu_island=True),
     OpInfo("Mod", rule=E, equates=B, clone=True, fold=True),
     OpInfo("Max", rule=E, equates=B, clone=True, shape_arith=True, fold=True, scratch=K.variadic_scratch),
     OpInfo("Min", rule=E, equates=B, clone=True, shape_arith=True, fold=True, scratch=K.variadic_scratch),
