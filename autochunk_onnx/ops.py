@@ -234,7 +234,7 @@ _ROWS = [
     OpInfo("Slice", rule=P.slice_or_offset, shape_arith=True, fold=True, clone=True, position=P.position_slice),
     OpInfo("Gather", rule=R.gather, shape_arith=True, fold=True, clone=True),
     OpInfo("GatherElements", rule=R.gather_elements),
-    OpInfo("Tile", rule=R.same_size_only),
+    OpInfo("Tile", rule=P.tile, clone=True, position=P.position_tile),
     OpInfo("Resize", rule=R.resize),
     OpInfo("Pad", rule=R.pad),
     OpInfo("Trilu", rule=P.trilu, clone=True, position=P.position_trilu),
@@ -257,6 +257,8 @@ _ROWS = [
     OpInfo("Constant", shape_arith=True, fold=True),
     OpInfo("ConstantOfShape", rule=P.constant_of_shape, shape_input=0, fold=True, clone=True),
     OpInfo("Range", rule=P.range_, fold=True, clone=True, position=P.position_range),
+    OpInfo("EyeLike", rule=P.eye_like, clone=True, position=P.position_eye_like),
+    OpInfo("CumSum", rule=P.cumsum, position=P.position_cumsum),
     # never constant-folded by ORT
     OpInfo("RandomNormal", ort_folds=False),
     OpInfo("RandomUniform", ort_folds=False),

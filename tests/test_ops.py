@@ -114,6 +114,11 @@ CASES["Trilu"] = [case(f(2, 4, 4)), case(f(2, 4, 4), upper=0), case(f(2, 5, 4), 
 CASES["Range"] = [case(C(np.array(3, np.int64)), C(np.array(20, np.int64)), C(np.array(2, np.int64)))]
 CASES["ConstantOfShape"] = [case(C(i64(4, 6)), value=numpy_helper.from_array(np.array([0.5], np.float32)))]
 CASES["Slice"].append(case(f(6, 5), C(i64(-4)), C(i64(-1)), C(i64(0))))
+CASES["Tile"] += [case(f(2, 3), C(i64(3, 2))), case(f(1, 4), C(i64(5, 1))), case(f(2, 1, 3), rng.integers(1, 3, 3) * 0 + i64(2, 3, 1))]
+CASES["CumSum"] = [case(f(4, 6), C(i64(1))), case(f(4, 6), C(i64(-2)), exclusive=1),
+                   case(f(5, 4), C(np.array(0, np.int32)), reverse=1),
+                   case(rng.integers(0, 2, (2, 7)), C(i64(1)), exclusive=1, reverse=1)]
+CASES["EyeLike"] = [case(f(5, 6)), case(f(5, 6), k=2), case(f(6, 4), k=-3, dtype=TensorProto.INT64)]
 for op in REDUCE:
     x = pos(3, 4, 5)
     CASES[op] = [case(x, C(i64(1))), case(x, C(i64(-1)), keepdims=0)]

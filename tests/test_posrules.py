@@ -70,8 +70,10 @@ def _run(m: onnx.ModelProto, n: int) -> list[np.ndarray]:
     return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
 
 
-def _chunk_and_check(model, op: str, axis: int, tmp_path, chunk: int = 3, length: int = 10, others=(17, 4, 1)):
-    """Trace y's `axis` over the whole graph; `op` must run in the loop; outputs equal at every length."""
+def _chunk_and_check(model, op: str, axis: int, tmp_path, chunk: int = 3, length: int = 10, others=(17, 4, 1),
+                     emitted: str | None = None):
+    """Trace y's `axis` over the whole graph; `op` must run in the loop (as `emitted` where its
+    position rule writes it with other ops); outputs equal at every length."""
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
     m = api.load(path, {"x": [length, D]})
@@ -86,7 +88,7 @@ def _chunk_and_check(model, op: str, axis: int, tmp_path, chunk: int = 3, length
     onnx.checker.check_model(out, full_check=True)
     assert any(n.op_type == "Loop" for n in out.graph.node)
     loop = next(n for n in out.graph.node if n.op_type == "Loop")
-    assert op in {n.op_type for n in loop.attribute[0].g.node}
+    assert (emitted or op) in {n.op_type for n in loop.attribute[0].g.node}
     for n in (length,) + tuple(others):
         want, got = _run(model, n), _run(out, n)
         np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5, err_msg=f"L={n}")
@@ -208,6 +210,61 @@ def test_expand_of_zero_to_a_computed_shape(tmp_path):
         helper.make_node("Expand", ["zero", "ls"], ["e"]),
     ] + _gram() + [helper.make_node("Add", ["e", "s"], ["y"])]
     _chunk_and_check(_model(nodes, dict(BASE, zero=np.array(0.0, np.float32)), ["L", "L"]), "Expand", 0, tmp_path)
+
+
+@pytest.mark.parametrize("exclusive,reverse", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_cumsum_along_the_cut_adds_the_running_total(exclusive, reverse, tmp_path):
+    """Position ids as exporters write them (cumsum of a mask of ones, minus one): the chunk's
+    cumsum plus the total of what comes before it (after it, reversed)."""
+    nodes = _length_nodes() + [
+        helper.make_node("ConstantOfShape", ["len1"], ["ones"], value=numpy_helper.from_array(np.array([1], np.int64))),
+        helper.make_node("CumSum", ["ones", "i0"], ["cs"], exclusive=exclusive, reverse=reverse),
+        helper.make_node("Sub", ["cs", "one"], ["pos"]),
+        helper.make_node("Cast", ["pos"], ["posf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["posf", "ax1"], ["pcol"]),
+        helper.make_node("Mul", ["x", "pcol"], ["y"]),
+    ]
+    inits = dict(BASE, ax1=np.array([1], np.int64))
+    _chunk_and_check(_model(nodes, inits, ["L", D]), "CumSum", 0, tmp_path)
+
+
+@pytest.mark.parametrize("k", [0, 2, -3])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_eye_like_rows_and_columns_take_the_offset(k, axis, tmp_path):
+    nodes = _gram() + [helper.make_node("EyeLike", ["s"], ["eye"], k=k), helper.make_node("Mul", ["eye", "s"], ["y"])]
+    _chunk_and_check(_model(nodes, dict(BASE), ["L", "L"]), "EyeLike", axis, tmp_path, emitted="Equal")
+
+
+def test_tile_of_a_row_by_the_run_time_length(tmp_path):
+    """A [1, D] bias tiled to [L, D] by a repeat count read from x's shape: each chunk tiles its rows."""
+    row = np.random.default_rng(1).standard_normal((1, D)).astype(np.float32)
+    nodes = _length_nodes() + [
+        helper.make_node("Concat", ["len1", "one1"], ["reps"], axis=0),
+        helper.make_node("Tile", ["row", "reps"], ["t"]),
+        helper.make_node("Add", ["x", "t"], ["y"]),
+    ]
+    inits = dict(BASE, row=row, one1=np.array([1], np.int64))
+    _chunk_and_check(_model(nodes, inits, ["L", D]), "Tile", 0, tmp_path)
+
+
+def test_tile_along_a_repeated_axis_gathers_modulo_the_size(tmp_path):
+    """Tile(x x^T, [1, 3]) [L, 3L] cut along the repeated columns: column j is column j mod L. Nothing
+    is sliced, so the trip count is the planned length's (the planner keeps such a loop out:
+    `portable` is False); the emitted chunks are checked at that length."""
+    nodes = _gram() + [helper.make_node("Tile", ["s", "reps"], ["y"])]
+    model = _model(nodes, dict(BASE, reps=np.array([1, 3], np.int64)), ["L", "L3"])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    m = api.load(path, {"x": [10, D]})
+    g = m.graph
+    r = trace_region(g, list(range(len(g.nodes))), g.producer["y"], "y", 1, 0)
+    assert r is not None and any(n.op_type == "Tile" for n in r.body)
+    assert not portable(g, r, api.dynamic_shapes(m))
+    out = rewrite(m.original, g, [Loop(r, 4)])
+    onnx.checker.check_model(out, full_check=True)
+    body = next(n for n in out.graph.node if n.op_type == "Loop").attribute[0].g.node
+    assert {"Tile", "Mod", "Gather"} <= {n.op_type for n in body}
+    np.testing.assert_allclose(_run(out, 10)[0], _run(model, 10)[0], rtol=1e-5, atol=1e-5)
 
 
 # --- whole models -----------------------------------------------------------------------------
