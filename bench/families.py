@@ -109,6 +109,16 @@ def zoo() -> list[Family]:
         # the TorchScript-based exporter (dynamo=False) of the decoder
         Family("gpt-ts", "gpt2_bench_ts", OUT / "gpt2_bench_ts.onnx", "seq", _tokens, lambda n: n,
                [8192], [1024, 2048, 3072, 4096, 6144, 8192], max_length=8192),
+        # TorchScript-based exports of the classic-attention UNets (ConstantOfShape zero [B*H, L, L])
+        Family("unet-classic-ts", "unet_bench_classic_ts", OUT / "unet_bench_classic_ts.onnx", "latent",
+               _latent(77, 64), lambda n: n * n, [64], [32, 40, 48, 56, 64, 80, 96, 112, 128]),
+        Family("unetsd-classic-ts", "unetsd_bench_classic_ts", OUT / "unetsd_bench_classic_ts.onnx", "latent",
+               _latent(77, 128), lambda n: n * n, [64], [32, 40, 48, 56, 64, 80, 96]),
+        # TorchScript-based ViT exports (position grid Reshape target from Pow(Constant, Constant))
+        Family("vit-ts", "vit_bench_ts", OUT / "vit_bench_ts.onnx", "image", _image, _vit_tokens,
+               [1024], [384, 512, 640, 768, 1024, 1280, 1536, 2048]),
+        Family("vit-sdpa-ts", "vit_bench_sdpa_ts", OUT / "vit_bench_sdpa_ts.onnx", "image", _image, _vit_tokens,
+               [1024], [384, 512, 640, 768, 1024, 1280, 1536, 2048]),
     ]
 
 
