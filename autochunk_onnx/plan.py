@@ -58,6 +58,7 @@ class Plan:
     search_s: float = 0.0
     stages: int = 0
     bounds: tuple = ()  # bounds.Bound: what is live at the final peak, and why it was not cut
+    shared: tuple = ()  # (loop, earlier loop): the loop's stage reused that loop's search (reuse.py)
 
     def __post_init__(self) -> None:
         owned: set[int] = set()

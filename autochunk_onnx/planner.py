@@ -15,21 +15,27 @@ from .peak import Estimate, estimate_graph, fusions
 from .graph import Graph
 from .plan import Loop, Plan, portable
 from .schedule import Readers, body_peak_fn, dead_nodes, estimate_plan, loop_step
-from .search import candidates
+from .reuse import Memo
+from .search import candidates, search_anchors
 from .select import MAX_ITERATIONS, QuickCost, balanced, choose, largest_fitting
 
 MAX_STAGES = 256
 TRY_PER_STAGE = 4
 
 
-def plan(graph: Graph, budget: int, original: Estimate | None = None, portable_only: bool = False) -> Plan:
+def plan(graph: Graph, budget: int, original: Estimate | None = None, portable_only: bool = False,
+         reuse: bool = True) -> Plan:
     """Multi-stage plan for `budget` bytes. `portable_only`: plan only loops that stay right at
-    other input sizes (judged on the shapes at a second pinning, `graph.session.dynamic`)."""
+    other input sizes (judged on the shapes at a second pinning, `graph.session.dynamic`).
+    `reuse`: a stage whose search would read what an earlier one read, translated to another
+    layer, takes that search's choices (`reuse.py`; the same plan, found faster)."""
     t0 = time.perf_counter()
     fused = fusions(graph)
+    memo = Memo(graph, fused, portable_only, TRY_PER_STAGE) if reuse else None
     original = original or estimate_graph(graph)
     model_s = model_time(graph)
     loops: list[Loop] = []
+    shared: list[tuple[int, int]] = []  # (loop, the loop whose stage's search its stage reused)
     est, order = estimate_plan(graph, loops, fused)
     stages = 0
     while est.peak_bytes > budget and stages < MAX_STAGES:
@@ -42,14 +48,30 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None, portable_o
         readers = Readers(graph, regions)
         opaque = {n.index for r in regions for n in r.owned} | readers.dead
         at = order[est.peak_index] if 0 <= est.peak_index < len(order) else None
+        at = at if isinstance(at, int) else None
         kept = frozenset(t for r in regions for t in r.inputs)  # what earlier loops read from outside
-        cands = candidates(graph, est, opaque, at if isinstance(at, int) else None, kept)
-        if portable_only:
-            cands = [r for r in cands if portable(graph, r, graph.session.dynamic or {})]
-        if not cands:
-            break
+        found = search_anchors(graph, est, opaque, at)
         quick = QuickCost(graph, est, order, fused, readers)
-        ranked = choose(graph, cands, quick, budget, model_s)
+        hit = memo.lookup(est, order, quick, readers, loops, opaque, kept, found, budget, model_s) if memo else None
+        if hit is not None:  # an earlier stage's search, translated to this layer: the same choices
+            ranked, source = hit
+        else:
+            if memo:
+                memo.start()
+            need: dict[int, int] = {}
+            try:
+                cands = candidates(graph, est, opaque, at, kept, found, need)
+                if portable_only:
+                    cands = [r for r in cands if portable(graph, r, graph.session.dynamic or {})]
+                ranked = choose(graph, cands, quick, budget, model_s) if cands else []
+            finally:
+                if memo:
+                    memo.stop()
+            if not cands:
+                break
+            source = None
+            if memo:
+                memo.record(est, order, quick, readers, loops, opaque, kept, found, cands, ranked, need, len(loops))
         best = None
         for ch in ranked[:TRY_PER_STAGE]:
             # A stage may leave the global peak where it is (identical layers): it must lower the
@@ -68,6 +90,8 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None, portable_o
                     break
         if best is None:
             break
+        if source is not None:
+            shared.append((len(loops), source))
         loops, est, order = best
     if loops:
         est, order, loops = retune(graph, loops, est, order, budget if est.peak_bytes <= budget else est.peak_bytes, fused)
@@ -75,7 +99,7 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None, portable_o
     return Plan(budget=budget, original=original, final=est, loops=tuple(loops), order=tuple(order),
                 dropped=frozenset(dead_nodes(graph, [lp.region for lp in loops])) if loops else frozenset(),
                 predicted_slowdown=slow, fits=est.peak_bytes <= budget, search_s=time.perf_counter() - t0, stages=stages,
-                bounds=tuple(explain(graph, loops, est, MAX_ITERATIONS)))
+                bounds=tuple(explain(graph, loops, est, MAX_ITERATIONS)), shared=tuple(shared))
 
 
 def _recompute_slack(graph: Graph, r) -> int:

@@ -99,9 +99,27 @@ def plan_text(p: Plan, show_bounds: bool | None = None) -> str:
         if r.clones:
             names = [n.name for n in r.body if n.index in r.clones]
             lines.append(f"       recomputes {len(names)} node(s) per chunk: {', '.join(names)}")
+    by: dict[int, list[int]] = {}
+    for k, src in p.shared:  # structural reuse (reuse.py): stages that took an earlier stage's search
+        by.setdefault(src, []).append(k)
+    for src, ks in by.items():
+        lines.append(f"  loops {_spans(ks)} share the plan of loop [{src}]: same layer structure and shapes, "
+                     f"its search reused")
     if show_bounds if show_bounds is not None else not p.fits:
         lines += bounds_text(p.bounds)
     return "\n".join(lines)
+
+
+def _spans(ks: list[int]) -> str:
+    """[3]-[9], [12] for 3..9 and 12."""
+    out, k = [], 0
+    while k < len(ks):
+        j = k
+        while j + 1 < len(ks) and ks[j + 1] == ks[j] + 1:
+            j += 1
+        out.append(f"[{ks[k]}]" if j == k else f"[{ks[k]}]-[{ks[j]}]")
+        k = j + 1
+    return ", ".join(out)
 
 
 def verify_text(rep) -> str:

@@ -143,12 +143,15 @@ class Readers:
         self.graph, self.regions = graph, list(regions)
         self.counts = reader_counts(graph, self.regions)
         self.dead = dead_nodes(graph, self.regions, self.counts)
+        self.newly_dead = False  # whether some dead_with answer was not empty (reuse reads it)
 
     def dead_with(self, r: Region) -> set[int]:
         """Nodes that die only once region `r` joins the plan (it recomputes their last reader)."""
         counts = dict(self.counts)
         move_reads(self.graph, r, counts)
-        return dead_nodes(self.graph, self.regions + [r], counts) - self.dead
+        out = dead_nodes(self.graph, self.regions + [r], counts) - self.dead
+        self.newly_dead |= bool(out)
+        return out
 
 
 def schedule(graph: Graph, loops: list[Loop]) -> list[int | Loop]:
@@ -162,16 +165,50 @@ def schedule(graph: Graph, loops: list[Loop]) -> list[int | Loop]:
     keys = [it.region.end_index if isinstance(it, Loop) else it for it in items]
     reads = [it.region.inputs if isinstance(it, Loop) else graph.reads(it) for it in items]
     writes = [it.region.outputs if isinstance(it, Loop) else graph.nodes[it].outputs for it in items]
+    fast = _sorted_if_topological(keys, reads, writes)
+    if fast is not None:
+        return [items[k] for k in fast]
     try:
         return [items[k] for k in stable_toposort(keys, reads, writes)]
     except ValueError:
         raise ValueError("chunk plan creates a cycle") from None
 
 
+def _sorted_if_topological(keys: list, reads: list, writes: list) -> list[int] | None:
+    """The items sorted by key (ties by position) when that order is topological, else None.
+
+    `stable_toposort` pops the smallest ready key first, so it returns the lexicographically
+    smallest topological order; when plain key order is topological it is that order. Checking
+    it is one pass, where the sort with its heap is several (most plans keep graph order)."""
+    perm = sorted(range(len(keys)), key=keys.__getitem__)
+    produced: dict[str, int] = {}
+    for k, outs in enumerate(writes):
+        for o in outs:
+            if o:
+                produced[o] = k
+    done = [False] * len(keys)
+    for k in perm:
+        for i in reads[k]:
+            p = produced.get(i)
+            if p is not None and p != k and not done[p]:
+                return None
+        done[k] = True
+    return perm
+
+
 def plan_steps(graph: Graph, loops: list[Loop], fused=None) -> tuple[list[Step], list[int | Loop]]:
+    """The plan's steps in its order. Each node's and each loop's step is built once per graph and
+    shared by later calls (estimate_steps only reads them)."""
     fused = fusions(graph) if fused is None else fused
     order = schedule(graph, loops)
-    steps = [loop_step(graph, it, fused) if isinstance(it, Loop) else node_step(graph, graph.nodes[it], fused) for it in order]
+    cache = graph.session.plan_steps if fused is fusions(graph) else {}
+    steps = []
+    for it in order:
+        key = (it.region, it.chunk) if isinstance(it, Loop) else it
+        st = cache.get(key)
+        if st is None:
+            st = cache[key] = loop_step(graph, it, fused) if isinstance(it, Loop) else node_step(graph, graph.nodes[it], fused)
+        steps.append(st)
     return steps, order
 
 

@@ -39,33 +39,49 @@ def anchors(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | None
     return out
 
 
-def candidates(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | None = None,
-               kept: frozenset[str] = frozenset()) -> list[Region]:
-    """All distinct legal regions that would make one of the anchors loop-internal.
+def search_anchors(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | None = None) -> list[str]:
+    """The anchors a stage's search starts from (recomputable ones redirected to their readers)."""
+    return _redirect(graph, anchors(graph, est, opaque, peak_node), opaque)
 
-    Flows are traced once per (end, axis) from the earliest start an anchor needs there, and each
-    region once per (end, axis, start): anchors of one layer share most of their windows."""
-    order = list(range(len(graph.nodes)))
-    seen: set = set()
-    found: list[Region] = []
-    spans = []
-    for anchor in _redirect(graph, anchors(graph, est, opaque, peak_node), opaque):
+
+def spans(graph: Graph, found: list[str], opaque: set[int]) -> list[tuple[str, int, int, int]]:
+    """(anchor, its producer, earliest start, its last consumer) of each anchor searched around."""
+    out = []
+    for anchor in found:
         if anchor in graph.output_names:
             continue
         a = graph.producer[anchor]
         lo = a
         while lo > 0 and a - lo < BACKWARD and lo - 1 not in opaque:
             lo -= 1
-        spans.append((anchor, a, lo, max(graph.consumers.get(anchor, [a]))))
-    if not spans:
+        out.append((anchor, a, lo, max(graph.consumers.get(anchor, [a]))))
+    return out
+
+
+def candidates(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | None = None,
+               kept: frozenset[str] = frozenset(), found_anchors: list[str] | None = None,
+               need: dict[int, int] | None = None) -> list[Region]:
+    """All distinct legal regions that would make one of the anchors loop-internal.
+
+    Flows are traced once per (end, axis) from the earliest start an anchor needs there, and each
+    region once per (end, axis, start): anchors of one layer share most of their windows.
+    `found_anchors`: `search_anchors` when the caller has them; `need` (when given) receives, per
+    end node, the start its flows were traced from."""
+    order = list(range(len(graph.nodes)))
+    seen: set = set()
+    found: list[Region] = []
+    if found_anchors is None:
+        found_anchors = search_anchors(graph, est, opaque, peak_node)
+    spans_ = spans(graph, found_anchors, opaque)
+    if not spans_:
         return found
-    need: dict[int, int] = {}  # end -> earliest start any anchor needs with it
-    for _, _, lo, last in spans:
+    need = {} if need is None else need  # end -> earliest start any anchor needs with it
+    for _, _, lo, last in spans_:
         for e in range(last, min(len(order), last + FORWARD + 1)):
             need[e] = min(need.get(e, lo), lo)
     flows: dict[tuple[int, int], object] = {}
     regions: dict[tuple[int, int, int], Region | None] = {}
-    for anchor, a, lo, last in spans:
+    for anchor, a, lo, last in spans_:
         views = _views(graph, anchor)
         for e in range(last, min(len(order), last + FORWARD + 1)):
             if e in opaque:
