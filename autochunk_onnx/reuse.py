@@ -24,6 +24,7 @@ from .chunkflow import Region, _cone, trace_flow
 from .graph import Graph
 from .peak import Estimate, node_step
 from .plan import Loop, portable
+from .schedule import body_peak_fn
 from .search import FORWARD, _views, spans
 from .select import Choice, QuickCost, choose
 
@@ -49,7 +50,7 @@ class Template:
     kept: frozenset[str]
     cones: dict  # (tensor, cut) -> cone or None: every cone the search looked up
     roots: frozenset[int]  # nodes the candidates recompute
-    choices: list[tuple[Choice, int]]  # the first choices, with the start their flow was traced from
+    choices: list[tuple[Choice, int, object]]  # the first choices, the start their flow was traced from, body peak fn
     loop: int  # the index the loop this stage adds gets in the plan
 
 
@@ -98,7 +99,8 @@ class Memo:
             peak_bytes=est.peak_bytes, peak_index=est.peak_index, input_bytes=est.input_bytes,
             opaque=frozenset(opaque), kept=kept, cones={k: g.session.cones[k] for k in reads if k in g.session.cones},
             roots=roots,
-            choices=[(ch, need[ch.region.end_index]) for ch in ranked[:self.tries]], loop=loop))
+            choices=[(ch, need[ch.region.end_index], body_peak_fn(g, ch.region, self.fused))
+                     for ch in ranked[:self.tries]], loop=loop))
 
     def _none_die(self, roots, m: "_Match", loops: list[Loop], readers) -> bool:
         """Whether no candidate's loop can make a recomputed node die here: each is dead or owned
@@ -168,7 +170,7 @@ class Memo:
         g = self.graph
         order = list(range(len(g.nodes)))
         out = []
-        for ch, need in t.choices:
+        for ch, need, bp in t.choices:
             r = ch.region
             flow = trace_flow(g, order, r.end_index + m.d, m.psi(r.end), r.cuts[r.end].axis, need + m.d, opaque, kept)
             r2 = flow.region(r.start_index + m.d)
@@ -176,6 +178,7 @@ class Memo:
                 return None
             if self.portable_only and not portable(g, r2, g.session.dynamic or {}):
                 return None
+            quick.body_fns[r2] = bp  # the same nodes, steps and shapes: the same body peaks
             ch2 = choose(g, [r2], quick, budget, model_s)[0]
             if (ch2.chunk, ch2.predicted_peak, ch2.replaced_peak, ch2.slowdown, ch2.fits, ch2.covers) != \
                     (ch.chunk, ch.predicted_peak, ch.replaced_peak, ch.slowdown, ch.fits, ch.covers):
@@ -219,7 +222,8 @@ class _Match:
         self.memo, self.t, self.d, self.opaque, self.kept = memo, t, d, opaque, kept
         self.g = memo.graph
         self.boundary: set[int] = set()
-        self.weights: dict[str, str] = {}
+        self.weights: dict[str, str] = {}  # template weight -> this stage's (one to one)
+        self._back: dict[str, str] = {}
 
     def _no(self, where: int, env: dict) -> bool:
         self.why = (where, env.get("i"), env.get("a"), env.get("b"), env.get("p"))
@@ -259,7 +263,7 @@ class _Match:
                     continue
                 if p is None:
                     if a in g.initializers and b in g.initializers and memo.wsig(a) == memo.wsig(b) \
-                            and self.weights.setdefault(a, b) == b:
+                            and self.weights.setdefault(a, b) == b and self._back.setdefault(b, a) == a:
                         continue
                     return self._no(5, locals())
                 q = g.producer.get(b)

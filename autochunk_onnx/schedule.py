@@ -163,7 +163,10 @@ def schedule(graph: Graph, loops: list[Loop]) -> list[int | Loop]:
     items: list[int | Loop] = [n.index for n in graph.nodes if n.index not in owned and n.index not in dead]
     items += list(loops)
     keys = [it.region.end_index if isinstance(it, Loop) else it for it in items]
-    reads = [it.region.inputs if isinstance(it, Loop) else graph.reads(it) for it in items]
+    node_reads = graph.session.node_reads
+    if node_reads is None:
+        node_reads = graph.session.node_reads = [graph.reads(n.index) for n in graph.nodes]
+    reads = [it.region.inputs if isinstance(it, Loop) else node_reads[it] for it in items]
     writes = [it.region.outputs if isinstance(it, Loop) else graph.nodes[it].outputs for it in items]
     fast = _sorted_if_topological(keys, reads, writes)
     if fast is not None:

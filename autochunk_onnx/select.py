@@ -55,6 +55,7 @@ class QuickCost:
         self.graph, self.est, self.fused, self.readers = graph, est, fused, readers
         self.pos = {it: k for k, it in enumerate(order) if isinstance(it, int)}
         self.start_bytes = est.input_bytes
+        self.body_fns: dict[Region, Callable[[int], int]] = {}  # body peaks known already (reuse.py)
 
     def loop_fn(self, r: Region) -> tuple[Callable[[int], int], int, bool]:
         """(chunk -> loop-step bytes, the current peak of the steps the loop replaces, whether
@@ -68,7 +69,7 @@ class QuickCost:
                       for o in n.outputs if o)
         out_total = sum(g.nbytes(t) for t in r.outputs)
         base = before + hoisted + out_total
-        bp = body_peak_fn(g, r, self.fused)
+        bp = self.body_fns.get(r) or body_peak_fn(g, r, self.fused)
 
         def f(c: int) -> int:
             return base + max(bp(c), out_total)

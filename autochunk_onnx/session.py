@@ -29,4 +29,5 @@ class Session:
     ort: Any = None  # estimate._OrtInfo: ORT-provable shapes, folded constants, fusions, step cache
     cones: ConeCache = field(default_factory=ConeCache)  # chunkflow: (tensor, cut) -> recompute cone or None
     plan_steps: dict = field(default_factory=dict)  # schedule: node index or (region, chunk) -> its Step
+    node_reads: list | None = None  # schedule: what each node reads (graph.reads), by node index
     dynamic: dict[str, tuple] | None = None  # tensor -> shape with dynamic input dims doubled; None: unknown
