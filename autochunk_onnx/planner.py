@@ -16,7 +16,7 @@ from .graph import Graph
 from .plan import Loop, Plan, portable
 from .schedule import Readers, body_peak_fn, dead_nodes, estimate_plan, loop_step
 from .reuse import Memo
-from .search import candidates, search_anchors
+from .search import SearchCache, candidates, search_anchors
 from .select import MAX_ITERATIONS, QuickCost, balanced, choose, largest_fitting
 
 MAX_STAGES = 256
@@ -32,6 +32,7 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None, portable_o
     t0 = time.perf_counter()
     fused = fusions(graph)
     memo = Memo(graph, fused, portable_only, TRY_PER_STAGE) if reuse else None
+    cache = SearchCache() if reuse else None  # flows and regions of earlier stages' searches
     original = original or estimate_graph(graph)
     model_s = model_time(graph)
     loops: list[Loop] = []
@@ -51,7 +52,7 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None, portable_o
         at = at if isinstance(at, int) else None
         kept = frozenset(t for r in regions for t in r.inputs)  # what earlier loops read from outside
         found = search_anchors(graph, est, opaque, at)
-        quick = QuickCost(graph, est, order, fused, readers)
+        quick = QuickCost(graph, est, order, fused, readers, cache.body_fns if cache is not None else None)
         hit = memo.lookup(est, order, quick, readers, loops, opaque, kept, found, budget, model_s) if memo else None
         if hit is not None:  # an earlier stage's search, translated to this layer: the same choices
             ranked, source = hit
@@ -60,7 +61,9 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None, portable_o
                 memo.start()
             need: dict[int, int] = {}
             try:
-                cands = candidates(graph, est, opaque, at, kept, found, need)
+                if cache is not None:
+                    cache.update(graph, opaque, kept)
+                cands = candidates(graph, est, opaque, at, kept, found, need, cache)
                 if portable_only:
                     cands = [r for r in cands if portable(graph, r, graph.session.dynamic or {})]
                 ranked = choose(graph, cands, quick, budget, model_s) if cands else []

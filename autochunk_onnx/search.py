@@ -7,10 +7,11 @@ dim of its output and every start in reach, the chunk flow decides what runs in 
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from fractions import Fraction
 
 from . import ops
-from .chunkflow import Cut, Region, _cone, trace_flow
+from .chunkflow import Cut, Flow, Region, _cone, trace_flow
 from .peak import Estimate
 from .graph import Graph
 from .select import read_bytes
@@ -58,15 +59,81 @@ def spans(graph: Graph, found: list[str], opaque: set[int]) -> list[tuple[str, i
     return out
 
 
+class SearchCache:
+    """Flows and regions traced at earlier stages of one plan, kept while what they read stays as
+    it was: the next stage's search covers most of the layers the last one did.
+
+    A flow's modes depend on the opaque nodes of its window only, and serve any later start
+    (a node's mode depends on its consumers, all after it); a region also on which of its outputs
+    earlier loops keep and on the opaque nodes of the cones it looked up. `update` drops what the
+    opaque nodes and kept tensors that changed since the last search may alter."""
+
+    def __init__(self) -> None:
+        self.flows: dict = {}  # (end, axis) -> (start, modes, input cuts, requirements)
+        self.regions: dict = {}  # (end, axis, start) -> (region or None, cone keys, cone nodes)
+        self.body_fns: dict = {}  # Region -> its body peak function (select.QuickCost)
+        self.opaque: frozenset[int] = frozenset()
+        self.kept: frozenset[str] = frozenset()
+
+    def update(self, graph: Graph, opaque: set[int], kept: frozenset[str]) -> None:
+        changed = sorted(self.opaque.symmetric_difference(opaque))
+        made = sorted({graph.producer[t] for t in self.kept.symmetric_difference(kept) if t in graph.producer})
+        self.opaque, self.kept = frozenset(opaque), kept
+        if not changed and not made:
+            return
+
+        def hits(xs: list[int], lo: int, hi: int) -> bool:
+            k = bisect_left(xs, lo)
+            return k < len(xs) and xs[k] <= hi
+
+        moved = set(changed)
+        self.flows = {k: v for k, v in self.flows.items() if not hits(changed, v[0], k[0])}
+        self.regions = {k: v for k, v in self.regions.items()
+                        if not hits(changed, k[2], k[0]) and not hits(made, k[2], k[0]) and not (v[2] & moved)}
+
+
+def _flow(graph: Graph, order: list[int], e: int, end: str, axis: int, start: int, opaque, kept,
+          cache: SearchCache | None) -> Flow:
+    hit = cache.flows.get((e, axis)) if cache is not None else None
+    if hit is not None and hit[0] <= start:
+        return Flow(graph, order, e, end, hit[1], hit[2], hit[3], opaque, kept)
+    f = trace_flow(graph, order, e, end, axis, start, opaque, kept)
+    if cache is not None:
+        cache.flows[(e, axis)] = (start, f.mode, f.in_cuts, f.req)
+    return f
+
+
+def _region(graph: Graph, flow: Flow, e: int, axis: int, s: int, cache: SearchCache | None) -> Region | None:
+    cones = graph.session.cones
+    hit = cache.regions.get((e, axis, s)) if cache is not None else None
+    if hit is not None:
+        if cones.reads is not None:
+            cones.reads.update(hit[1])  # what building it looked up (reuse.py compares it)
+        return hit[0]
+    outer = cones.reads
+    mine = cones.reads = set()
+    try:
+        r = flow.region(s)
+    finally:
+        cones.reads = outer
+    if outer is not None:
+        outer.update(mine)
+    if cache is not None:
+        nodes = frozenset(p for k in mine if dict.get(cones, k) is not None for p in cones[k].nodes)
+        cache.regions[(e, axis, s)] = (r, frozenset(mine), nodes)
+    return r
+
+
 def candidates(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | None = None,
                kept: frozenset[str] = frozenset(), found_anchors: list[str] | None = None,
-               need: dict[int, int] | None = None) -> list[Region]:
+               need: dict[int, int] | None = None, cache: SearchCache | None = None) -> list[Region]:
     """All distinct legal regions that would make one of the anchors loop-internal.
 
     Flows are traced once per (end, axis) from the earliest start an anchor needs there, and each
     region once per (end, axis, start): anchors of one layer share most of their windows.
     `found_anchors`: `search_anchors` when the caller has them; `need` (when given) receives, per
-    end node, the start its flows were traced from."""
+    end node, the start its flows were traced from. `cache`: flows and regions of earlier stages
+    (`SearchCache`, updated by the caller for this stage's opaque nodes and kept tensors)."""
     order = list(range(len(graph.nodes)))
     seen: set = set()
     found: list[Region] = []
@@ -97,7 +164,7 @@ def candidates(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | N
                 if dim < 2:
                     continue
                 if (e, axis) not in flows:
-                    flows[(e, axis)] = trace_flow(graph, order, e, used[0], axis, need[e], opaque, kept)
+                    flows[(e, axis)] = _flow(graph, order, e, used[0], axis, need[e], opaque, kept, cache)
                 flow = flows[(e, axis)]
                 if not flow.chunked(a):
                     continue
@@ -107,7 +174,7 @@ def candidates(graph: Graph, est: Estimate, opaque: set[int], peak_node: int | N
                     if s != a and not flow.chunked(s):
                         continue  # the loop body only changes where a chunked node joins
                     if (e, axis, s) not in regions:
-                        regions[(e, axis, s)] = flow.region(s)
+                        regions[(e, axis, s)] = _region(graph, flow, e, axis, s, cache)
                     r = regions[(e, axis, s)]
                     if r is None:
                         continue

@@ -51,11 +51,12 @@ class Choice:
 class QuickCost:
     """Memory of a candidate's loop step, from the current plan's timeline (no full re-estimate)."""
 
-    def __init__(self, graph: Graph, est: Estimate, order, fused, readers: Readers):
+    def __init__(self, graph: Graph, est: Estimate, order, fused, readers: Readers, body_fns: dict | None = None):
         self.graph, self.est, self.fused, self.readers = graph, est, fused, readers
         self.pos = {it: k for k, it in enumerate(order) if isinstance(it, int)}
         self.start_bytes = est.input_bytes
-        self.body_fns: dict[Region, Callable[[int], int]] = {}  # body peaks known already (reuse.py)
+        # region -> body peak function: depends on the region only, so kept across stages
+        self.body_fns: dict[Region, Callable[[int], int]] = {} if body_fns is None else body_fns
 
     def loop_fn(self, r: Region) -> tuple[Callable[[int], int], int, bool]:
         """(chunk -> loop-step bytes, the current peak of the steps the loop replaces, whether
@@ -69,7 +70,9 @@ class QuickCost:
                       for o in n.outputs if o)
         out_total = sum(g.nbytes(t) for t in r.outputs)
         base = before + hoisted + out_total
-        bp = self.body_fns.get(r) or body_peak_fn(g, r, self.fused)
+        bp = self.body_fns.get(r)
+        if bp is None:
+            bp = self.body_fns[r] = body_peak_fn(g, r, self.fused)
 
         def f(c: int) -> int:
             return base + max(bp(c), out_total)
