@@ -281,7 +281,7 @@ def verify(original, chunked, input_shapes=None, *, feeds=None, inputs_path: str
                               latency_time_s=latency_time_s, measure_latency=measure_latency, loaded=loaded,
                               progress=progress, save_inputs=save_inputs,
                               model=original if isinstance(original, onnx.ModelProto) else None)
-        rep.gates = check_gates(rep.mem_ratio, rep.latency_ratio, rep.chunked.peak_bytes, max_mem_ratio=max_mem_ratio,
+        rep.gates = check_gates(rep.mem_ratio, rep.latency_ratio, _gate_peak(rep), max_mem_ratio=max_mem_ratio,
                                 max_latency_ratio=max_latency_ratio, max_peak=max_peak_b)
         if rep.ok and rep.failed_gates:
             raise GateError(_gate_message(rep), result=rep, gates=rep.gates)
@@ -491,7 +491,7 @@ def _optimize(path, out_path, budget, input_shapes, verify_output, best_effort, 
             _notes.note(f"measured chunked peak {_fmt(rep.chunked.peak_bytes)} is over the budget {_fmt(budget_bytes)} "
                         f"(+{rep.chunked.peak_bytes / budget_bytes - 1:.1%}; estimated {_fmt(est)}): the budget bounds the "
                         f"estimate; use --max-peak to fail on the measured figure", kind=_notes.INFO)
-        rep.gates = check_gates(rep.mem_ratio, rep.latency_ratio, rep.chunked.peak_bytes, max_mem_ratio=max_mem_ratio,
+        rep.gates = check_gates(rep.mem_ratio, rep.latency_ratio, _gate_peak(rep), max_mem_ratio=max_mem_ratio,
                                 max_latency_ratio=max_latency_ratio, max_peak=max_peak_b)
         if rep.failed_gates:
             raise GateError(_gate_message(rep) + ("; the model was written" if result.written else ""),
@@ -541,6 +541,13 @@ class RangeCheck:
                 "chunked_peak_bytes": self.chunked.peak_bytes, "method": self.chunked.method,
                 "why_not_compared": self.why_not_compared or None,
                 "verify": verify_json(self.report) if self.report is not None else None}
+
+
+def _gate_peak(rep: VerifyReport) -> int:
+    """The chunked peak --max-peak judges: over a length range, the largest measured at any length
+    (-1, not measurable, when one was not)."""
+    peaks = [c.chunked.peak_bytes for c in rep.range_checks] or [rep.chunked.peak_bytes]
+    return -1 if min(peaks) < 0 else max(peaks)
 
 
 def _range_of(original_proto: onnx.ModelProto, input_shapes, inputs_path, save_inputs):
@@ -596,6 +603,8 @@ def _verify_range(a_path: str, b_path: str, sr, prepare, *, providers, allow_fal
         rep.budget = budget
         checks.append(RangeCheck(L, rep.chunked, rep))
         main = rep
+        if not rep.ok:
+            break  # exit 4 whatever the longer lengths say
     over = [c for c in checks if budget is not None and c.chunked.peak_bytes > budget]
     if over:
         _notes.note("measured chunked peak over the budget at length(s) " + ", ".join(

@@ -443,13 +443,21 @@ def _rule(samples: list[tuple[int, int, int, int]]) -> Rule:
     if not binding:  # the whole region fits at every sampled length: one iteration everywhere
         top_units = max(u for _, _, u, _ in samples)
         return Rule("constant", top_units, per_row, largest)
-    if hi_b <= GROWS * max(lo_b, 1) or hi_L == lo_L:
-        return Rule("constant", min(c for _, c in binding), per_row, largest)
-    # bytes per row ~ L^p: p near 2 (a pair's triangle attention, [L, H, L, L] per row block) or near 1
-    p = math.log(hi_b / max(lo_b, 1)) / math.log(hi_L / lo_L)
-    if p >= 1.5:
-        return Rule("inverse_square", min(c * L * L for L, c in binding), per_row, largest)
-    return Rule("inverse", min(c * L for L, c in binding), per_row, largest)
+    # Every candidate holds at every sample (rows <= the largest chunk wherever the loop must chunk);
+    # the one with the fewest iterations over the samples wins, ties to what the per-row bytes say:
+    # constant where they do not grow, K // L where they grow as L, K // L^2 as L^2 (a pair's
+    # triangle attention). A constant rule would chunk mid-range lengths where the whole fits.
+    cands = [Rule("constant", min(c for _, c in binding), per_row, largest),
+             Rule("inverse", min(c * L for L, c in binding), per_row, largest),
+             Rule("inverse_square", min(c * L * L for L, c in binding), per_row, largest)]
+    grows = hi_b > GROWS * max(lo_b, 1) and hi_L != lo_L
+    p = math.log(hi_b / max(lo_b, 1)) / math.log(hi_L / lo_L) if grows else 0.0
+    preferred = 0 if not grows else (2 if p >= 1.5 else 1)
+
+    def iterations(rule: Rule) -> int:
+        return sum(-(-u // min(rule.rows(L), u)) for L, _, u, _ in samples)
+
+    return min(cands, key=lambda r: (iterations(r), cands.index(r) != preferred, cands.index(r)))
 
 
 def fit(m_top, plan_top: Plan, sr: ShapeRange, prepare: Callable, limit: int | None = None) -> RangePlan:

@@ -219,8 +219,27 @@ def test_cli_range_json_and_sweep(gpt, planned, tmp_path):
 
 def test_verify_over_range(gpt, planned):
     res, budget, out = planned
-    rep = api.verify(gpt, out, f"input_ids:1x{LO}..128", measure_latency=False)  # two children a length
+    rep = api.verify(gpt, out, f"input_ids:1x{LO}..{LO + 1}", measure_latency=False)  # two children a length
     assert rep.ok
-    assert [c.length for c in rep.range_checks] == [LO, 64, 128]
+    assert [c.length for c in rep.range_checks] == [LO, LO + 1]  # bottom = middle here
     assert all(c.report is not None and c.report.ok for c in rep.range_checks)  # tiny: every length compared
     assert all(c.chunked.method and c.to_dict()["compared"] for c in rep.range_checks)
+    assert api._gate_peak(rep) == max(c.chunked.peak_bytes for c in rep.range_checks)  # --max-peak: every length
+
+
+def test_verify_range_exit_4_names_the_length(tmp_path):
+    """Two models that differ on negative inputs: verify over a range stops at the first length
+    whose outputs differ, exit 4 naming it."""
+    def model(op: str, path):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "seq"])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seq"])
+        g = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g", [x], [y])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+        return path
+
+    a, b = model("Identity", tmp_path / "a.onnx"), model("Relu", tmp_path / "b.onnx")
+    r = cli("verify", a, b, "-s", "x:1x8..64", "--iterations", "1", "--json")
+    assert r.exit_code == 4, r.stderr
+    one_line_error(r.stderr, "output 'y' differs at length 8")
+    doc = json.loads(r.stdout)
+    assert [c["length"] for c in doc["verify"]["range"]] == [8] and doc["verify"]["range"][0]["ok"] is False
