@@ -113,7 +113,7 @@ def sweep(model: ModelLike, input_shapes, chunked: ModelLike | None = None, poin
     and top included), for the model and for `chunked` (a model this tool wrote from it)."""
     sr = _ranges.split(input_shapes)
     if sr is None:
-        raise BadInputError("--sweep needs a length range in --input-shape, as in input_ids:1x512..8192")
+        raise BadInputError("--sweep and --chunked need a length range in --input-shape, as in input_ids:1x512..8192")
     if points < 2:
         raise BadInputError(f"--sweep {points}: give 2 or more lengths")
     path, proto = _read(model)
