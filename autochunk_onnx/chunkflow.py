@@ -198,7 +198,7 @@ def _build(graph: Graph, window: list[int], in_window: set[int], end_tensor: str
     if graph.producer.get(end_tensor) not in chunk_nodes:
         return None
     # VALUE nodes run in the loop when they read something produced in it (chunk shapes).
-    in_loop = set(chunk_nodes)
+    in_loop = set(chunk_nodes) - _shared_cones(graph, chunk_nodes, end_tensor, req, kept)
     value_nodes = set()
     for idx in window:
         if mode.get(idx) == VALUE:
@@ -265,6 +265,28 @@ def _build(graph: Graph, window: list[int], in_window: set[int], end_tensor: str
         outer_reads=list(outer), slices=list(slices), value_nodes=frozenset(value_nodes), clones=frozenset(clones),
     )
     return region
+
+
+def _shared_cones(graph: Graph, chunk_nodes: set[int], end_tensor: str, req: dict,
+                  kept: frozenset[str]) -> set[int]:
+    """Chunk nodes to leave outside the loop: the cheap cone of a tensor that is also read after
+    the loop (a zero or bias [B*H, L, L] built once and added in every layer, as the dynamo
+    exporter shares diffusers' baddbmm `empty`). Owned by the loop it would be joined whole as an
+    output, and no later loop could rebuild it any more; left outside, this loop rebuilds its
+    chunks like any recomputable input (`_recompute`) and so can every other reader's."""
+    out: set[int] = set()
+    for idx in sorted(chunk_nodes):
+        for o in graph.nodes[idx].outputs:
+            c = req.get(o)
+            if not o or o == end_tensor or not isinstance(c, Cut):
+                continue
+            if not (o in graph.output_names or o in kept
+                    or any(x not in chunk_nodes for x in graph.consumers.get(o, []))):
+                continue
+            cone = _cone(graph, o, c)
+            if cone is not None:
+                out.update(set(cone.nodes) & chunk_nodes)
+    return out
 
 
 def _recompute(graph: Graph, slices: dict, outer: dict, taken: set[int], produced: set[str],

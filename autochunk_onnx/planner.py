@@ -76,11 +76,12 @@ def plan(graph: Graph, budget: int, original: Estimate | None = None, portable_o
             if memo:
                 memo.record(est, order, quick, readers, loops, opaque, kept, found, cands, ranked, need, len(loops))
         best = None
+        # A stage may leave the global peak where it is (identical layers): it must lower the
+        # memory where it acts and raise it nowhere. Candidates that cannot are dropped before the
+        # TRY_PER_STAGE cut: a loop that does not contain the peak step can still lower it (the
+        # buffers ORT holds for reuse across it), and ranks behind those that do.
+        ranked = [ch for ch in ranked if ch.predicted_peak < min(est.peak_bytes, ch.replaced_peak)]
         for ch in ranked[:TRY_PER_STAGE]:
-            # A stage may leave the global peak where it is (identical layers): it must lower the
-            # memory where it acts and raise it nowhere.
-            if ch.predicted_peak >= min(est.peak_bytes, ch.replaced_peak):
-                continue
             tried = loops + [Loop(ch.region, ch.chunk)]
             try:
                 new_est, new_order = estimate_plan(graph, tried, fused)
