@@ -88,7 +88,10 @@ def _chunk_and_check(model, op: str, axis: int, tmp_path, chunk: int = 3, length
     onnx.checker.check_model(out, full_check=True)
     assert any(n.op_type == "Loop" for n in out.graph.node)
     loop = next(n for n in out.graph.node if n.op_type == "Loop")
-    assert (emitted or op) in {n.op_type for n in loop.attribute[0].g.node}
+    body = {n.op_type for n in loop.attribute[0].g.node}
+    assert (emitted or op) in body
+    if emitted in ("Identity", "Constant"):  # a uniform tensor stands in as its one number
+        assert op not in body
     for n in (length,) + tuple(others):
         want, got = _run(model, n), _run(out, n)
         np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5, err_msg=f"L={n}")
@@ -159,9 +162,10 @@ def test_constant_of_shape_takes_the_chunk_length(tmp_path):
     nodes = _length_nodes() + [
         helper.make_node("Concat", ["len1", "dcol"], ["ls"], axis=0),
         helper.make_node("ConstantOfShape", ["ls"], ["c"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
-        helper.make_node("Add", ["x", "c"], ["y"]),
+        helper.make_node("Greater", ["x", "zf"], ["pos"]),
+        helper.make_node("Where", ["pos", "c", "x"], ["y"]),  # not a broadcast of the one number
     ]
-    inits = dict(BASE, dcol=np.array([D], np.int64))
+    inits = dict(BASE, dcol=np.array([D], np.int64), zf=np.array(0.0, np.float32))
     _chunk_and_check(_model(nodes, inits, ["L", D]), "ConstantOfShape", 0, tmp_path)
 
 
@@ -204,12 +208,31 @@ def test_gather_from_a_position_table_by_an_arange(tmp_path):
 
 
 def test_expand_of_zero_to_a_computed_shape(tmp_path):
-    """baddbmm's `Expand(0, [L, L])`: the shape built by Shape -> Gather -> Unsqueeze -> Concat."""
+    """baddbmm's `Expand(0, [L, L])`: the shape built by Shape -> Gather -> Unsqueeze -> Concat; read
+    by an Add that broadcasts it against the full scores, the chunk is built as the one number
+    (rewrite._uniform_nodes). Read by an op that needs its shape (Softmax), it is expanded per chunk."""
     nodes = _length_nodes() + [
         helper.make_node("Concat", ["len1", "len1"], ["ls"], axis=0),
         helper.make_node("Expand", ["zero", "ls"], ["e"]),
-    ] + _gram() + [helper.make_node("Add", ["e", "s"], ["y"])]
+        helper.make_node("Mul", ["e", "zero"], ["e0"]),
+    ] + _gram() + [helper.make_node("Add", ["e0", "s"], ["y"])]
+    model = _model(nodes, dict(BASE, zero=np.array(0.0, np.float32)), ["L", "L"])
+    _chunk_and_check(model, "Expand", 0, tmp_path, emitted="Identity")
+    nodes[-1] = helper.make_node("Softmax", ["e0"], ["sm"], axis=-1)
+    nodes.append(helper.make_node("Add", ["sm", "s"], ["y"]))
     _chunk_and_check(_model(nodes, dict(BASE, zero=np.array(0.0, np.float32)), ["L", "L"]), "Expand", 0, tmp_path)
+
+
+def test_constant_of_shape_zero_added_to_the_scores_is_one_number_per_chunk(tmp_path):
+    """The TorchScript export of baddbmm: ConstantOfShape([L, L]) * 0 + scores; the chunk's zero is a
+    one-element Constant, not a [c, L] tensor."""
+    nodes = _length_nodes() + [
+        helper.make_node("Concat", ["len1", "len1"], ["ls"], axis=0),
+        helper.make_node("ConstantOfShape", ["ls"], ["z"]),
+        helper.make_node("Mul", ["z", "zero"], ["z0"]),
+    ] + _gram() + [helper.make_node("Add", ["s", "z0"], ["y"])]
+    _chunk_and_check(_model(nodes, dict(BASE, zero=np.array(0.0, np.float32)), ["L", "L"]), "ConstantOfShape", 0,
+                     tmp_path, emitted="Constant")
 
 
 @pytest.mark.parametrize("exclusive,reverse", [(0, 0), (1, 0), (0, 1), (1, 1)])
