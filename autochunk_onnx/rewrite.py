@@ -31,6 +31,7 @@ from .errors import BadInputError
 from .graph import Graph, Node
 from .graphutil import all_graphs, opset_import, outer_reads, skeleton, stable_toposort
 from .plan import Loop
+from .uniform import uniform_nodes
 
 MIN_OPSET = 13  # Loop with sequence-typed loop-carried values
 
@@ -273,12 +274,12 @@ class _Emitter:
             for o in n.outputs:
                 if o:
                     rename[o] = names(f"{o}/{tag}")
-        uniform = _uniform_nodes(self.graph, r)
+        uniform = uniform_nodes(self.graph, r)
         for n in r.body:
             new = onnx.NodeProto()
             new.CopyFrom(n.proto)
             new.name = names(f"{n.name}/{tag}")
-            if n.index in uniform:  # one number broadcast: emitted as that number (see _uniform_nodes)
+            if n.index in uniform:  # one number broadcast: emitted as that number (see uniform.py)
                 if n.op_type == "Expand":
                     new = helper.make_node("Identity", [n.inputs[0]], [rename[n.outputs[0]]], name=new.name)
                 elif n.op_type == "ConstantOfShape":
@@ -369,48 +370,6 @@ class _Emitter:
         den = "L" if self.rows.power == 1 else f"L^{self.rows.power}"
         return (f"max(1, {self.rows.k} // {den}), L = dim {self.rows.dim} of {self.rows.input} ({self.chunk_size} at the "
                 f"planned length)")
-
-
-_UNIFORM_OPS = {"Add", "Sub", "Mul", "Div", "Cast"}
-
-
-def _uniform_nodes(graph: Graph, r) -> set[int]:
-    """Body nodes whose output is one number broadcast (diffusers' baddbmm zero,
-    `Expand(0, [B*H, L, L]) * 0`, built in every chunk) and whose body readers broadcast it against
-    an input that already has their output's shape: emitted as that one-element value, so a chunk
-    builds no [B*H, c, L] tensor of one number (two passes over the scores per chunk, +40% time on a
-    UNet with 4-channel heads). Values are unchanged: the readers broadcast the same number."""
-    def one(t: str) -> int | None:  # rank of a one-element constant, else None
-        v = graph.const_value(t)
-        return np.ndim(v) if v is not None and np.size(v) == 1 else None
-
-    rank: dict[str, int] = {}  # uniform clone output -> rank of the small value standing in for it
-    for n in r.body:
-        if len(n.outputs) != 1 or not n.outputs[0] or n.outputs[0] in r.outputs:
-            continue
-        if n.op_type == "Expand" and one(n.inputs[0]) is not None:
-            rank[n.outputs[0]] = one(n.inputs[0])
-        elif n.op_type == "ConstantOfShape":  # its value attribute is one element, [1]
-            rank[n.outputs[0]] = 1
-        elif n.op_type in _UNIFORM_OPS and all(i in rank or one(i) is not None for i in n.inputs if i):
-            rank[n.outputs[0]] = max(rank[i] if i in rank else one(i) for i in n.inputs if i)
-    # Every body reader of a small stand-in must be small itself or broadcast it against a
-    # full-size input (its output keeps its shape); dropping one makes its producer's inputs full.
-    body = r.nodes
-    changed = True
-    while changed:
-        changed = False
-        for t in list(rank):
-            for c in graph.consumers.get(t, []):
-                n = graph.nodes[c]
-                if c not in body or n.outputs[0] in rank:
-                    continue
-                full = [i for i in n.inputs if i and i not in rank and graph.shape(i) == graph.shape(n.outputs[0])]
-                if n.op_type not in _UNIFORM_OPS - {"Cast"} or not full or rank[t] > len(graph.shape(full[0])):
-                    del rank[t]
-                    changed = True
-                    break
-    return {graph.producer[t] for t in rank}
 
 
 def _chunk_vi(graph: Graph, t: str, name: str, c: Cut, tag: str, dynamic: dict) -> onnx.ValueInfoProto:

@@ -12,6 +12,7 @@ from .graph import Graph, itemsize
 from .graphutil import stable_toposort
 from .kernels import einsum_scratch
 from .plan import Loop
+from .uniform import uniform_nodes
 
 
 def body_peak(graph: Graph, region: Region, chunk: int, fused: dict[int, int] | None = None) -> int:
@@ -40,6 +41,7 @@ def _body_timeline(graph: Graph, region: Region, chunk: int, fused: dict[int, in
         slice_names[(t, c)] = name
         sizes[name] = int(graph.nbytes(t) * frac)
         steps.append(Step(name, "Slice", [], [name]))
+    uniform = uniform_nodes(graph, region)  # built as one number in the body (uniform.py)
     for n in region.body:
         st = node_step(graph, n, fused)
         if ops.info(n).scratch is kernels.einsum_node_scratch:
@@ -61,7 +63,8 @@ def _body_timeline(graph: Graph, region: Region, chunk: int, fused: dict[int, in
         steps.append(st)
         for o in n.outputs:
             if o:
-                sizes[o] = int(graph.nbytes(o) * frac) if o in region.cuts else graph.nbytes(o)
+                sizes[o] = graph.nbytes(o) // max(1, graph.info(o).numel or 1) if n.index in uniform \
+                    else int(graph.nbytes(o) * frac) if o in region.cuts else graph.nbytes(o)
     # each chunk of a loop output is copied into the sequence: keep it to the end of the body
     timeline = liveness(steps, sizes, inputs=[], outputs=list(region.outputs), external=lambda t: t not in sizes).timeline
     return timeline or [0]

@@ -393,3 +393,29 @@ def test_cli_exit_3_lists_the_bounds(tmp_path):
     assert len(errors) == 1  # the one error line (notes before it)
     assert "bounded by" in p.stdout and ("model" in p.stdout or "tool" in p.stdout)
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_plan_sizes_a_broadcast_zero_as_one_number(tmp_path):
+    """baddbmm's zero (Expand(0, [L, L]) * 0 added to the scores) is built as one number in the body
+    (uniform.py): the plan's estimate says so too, so it matches the estimate of the written model
+    (counted at [c, L] per chunk it would be a third above it)."""
+    nodes = _length_nodes() + [
+        helper.make_node("Concat", ["len1", "len1"], ["ls"], axis=0),
+        helper.make_node("Expand", ["zero", "ls"], ["e"]),
+        helper.make_node("Mul", ["e", "zero"], ["e0"]),
+    ] + _gram() + [
+        helper.make_node("Mul", ["s", "alpha"], ["sa"]),
+        helper.make_node("Add", ["sa", "e0"], ["b"]),
+        helper.make_node("Softmax", ["b"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "x"], ["y"]),
+    ]
+    model = _model(nodes, dict(BASE, zero=np.array(0.0, np.float32), alpha=np.array(0.5, np.float32)), ["L", D])
+    src, out = tmp_path / "m.onnx", tmp_path / "c.onnx"
+    onnx.save(model, str(src))
+    res = api.optimize(str(src), str(out), "30%", {"x": [512, D]}, verify_output=False)
+    body = next(n for n in onnx.load(str(out)).graph.node if n.op_type == "Loop").attribute[0].g.node
+    assert "Expand" not in {n.op_type for n in body}
+    _, written = api.estimate(str(out), {"x": [512, D]})
+    assert abs(res.plan.final.peak_bytes - written.peak_bytes) <= 0.05 * written.peak_bytes, \
+        (res.plan.final.peak_bytes, written.peak_bytes)
+    np.testing.assert_allclose(_run(onnx.load(str(out)), 300)[0], _run(model, 300)[0], rtol=1e-5, atol=1e-5)
