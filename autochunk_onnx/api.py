@@ -19,6 +19,7 @@ import onnx
 from . import notes as _notes
 from . import providers as _providers
 from . import ranges as _ranges
+from . import relpos as _relpos
 from .budget import parse_budget
 from .compare import OutputDiff, all_ok, compare_outputs
 from .errors import AutochunkError, BadInputError, BudgetUnreachableError, GateError, VerificationError
@@ -409,7 +410,7 @@ def _optimize(path, out_path, budget, input_shapes, verify_output, best_effort, 
     timings["estimate_s"] = time.perf_counter() - t
     say("searching chunk regions")
     t = time.perf_counter()
-    p = _plan(m, budget_bytes, original)
+    m, p = _plan_relpos(src, m, budget_bytes, original)
     old_opset = default_opset(m.original)
     if p.regions and old_opset < LOOP_OPSET and (p.fits or best_effort):
         # Loops will be emitted: convert, then plan again on the converted graph (its nodes differ)
@@ -631,6 +632,21 @@ def _plan(m: Loaded, budget: int, original: Estimate) -> Plan:
     the graph's session for the rewrite too)."""
     m.graph.session.dynamic = dynamic_shapes(m)
     return plan(m.graph, budget, original, portable_only=True)
+
+
+def _plan_relpos(src: Path | None, m: Loaded, budget: int, original: Estimate) -> tuple[Loaded, Plan]:
+    """Plan on the model with its relative-position chains computed once per offset (relpos) when
+    it has any and that plan chunks something; else on the model as it is. The budget stays
+    relative to the original's estimate."""
+    rp = _relpos.apply(m.graph, m.original)
+    if rp is not None:
+        m2 = _prepare(src, rp[0], {k: list(v) for k, v in m.shapes.items()})
+        p2 = _plan(m2, budget, original)
+        if p2.regions:
+            _notes.note(f"{rp[1]} relative-position chain(s) computed once per offset ([L+L-1] instead of [L, L]) "
+                        "and gathered per chunk", kind=_notes.CHANGED)
+            return m2, p2
+    return m, _plan(m, budget, original)
 
 
 def _record_change(model: onnx.ModelProto, p: Plan) -> None:

@@ -77,7 +77,9 @@ class QuickCost:
         def f(c: int) -> int:
             return base + max(bp(c), out_total)
 
-        covers = p0 <= self.est.peak_index <= p1
+        # A loop that rebuilds the peak node's output per chunk (a bias [1, H, L, L] made once and
+        # read by every layer) also acts on the peak: once every reader does, that node is gone.
+        covers = p0 <= self.est.peak_index <= p1 or any(self.pos.get(i) == self.est.peak_index for i in r.clones)
         return f, max(p.live_bytes for p in self.est.timeline[p0:p1 + 1]), covers
 
     def freed(self, r: Region, p0: int) -> int:

@@ -943,6 +943,7 @@ TINY_SUITE = [
     ("qwen2", "eager", 20, "torchscript", "qwen2_tiny_ts"),
     ("t5", "eager", 20, "dynamo", "t5_tiny"),
     ("t5", "eager", 20, "torchscript", "t5_tiny_ts"),
+    ("t5", "sdpa", 20, "torchscript", "t5_tiny_sdpa_ts"),
     ("gptcausal", "eager", 20, "dynamo", "gptcausal_tiny"),
     ("gptcausal", "eager", 20, "torchscript", "gptcausal_tiny_ts"),
 ]
