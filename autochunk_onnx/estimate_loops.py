@@ -116,8 +116,12 @@ def small_values(g: onnx.GraphProto, tensors: dict[str, TensorInfo], opset: int,
             ins = [i for i in n.input if i]
             if not all(i in values and values[i].size <= SMALL for i in ins):
                 continue
-            if n.op_type in ("Range", "ConstantOfShape"):
-                continue  # may be large; not needed for trip counts
+            if n.op_type == "ConstantOfShape" and math.prod(values[ins[0]].reshape(-1).tolist()) > SMALL:
+                continue  # large; only small ones (an Expand target built with full_like) are values
+            if n.op_type == "Range":
+                a, b, d = (float(values[i].reshape(-1)[0]) for i in ins)
+                if d == 0 or math.ceil((b - a) / d) > SMALL:
+                    continue
             res = ReferenceEvaluator(n, opsets={"": opset}).run(None, {i: values[i] for i in ins})
             for o, v in zip([o for o in n.output if o], res):
                 v = np.asarray(v)
@@ -143,7 +147,7 @@ def _body_model(model: onnx.ModelProto, body: onnx.GraphProto, feeds: dict[str, 
         if isinstance(f, np.ndarray):
             g.initializer.append(numpy_helper.from_array(f, name))
         elif isinstance(f, TensorInfo) and not isinstance(f, SequenceInfo):
-            g.input.append(helper.make_tensor_value_info(name, f.elem_type, list(f.shape) if f.shape else None))
+            g.input.append(helper.make_tensor_value_info(name, f.elem_type, list(f.shape) if f.shape is not None else None))
         else:
             vi = g.input.add()
             vi.name = name
@@ -162,7 +166,7 @@ def _body_model(model: onnx.ModelProto, body: onnx.GraphProto, feeds: dict[str, 
             vi.name = name
             vi.type.CopyFrom(_seq_type(t.elem_type))
         elif t is not None:
-            g.input.append(helper.make_tensor_value_info(name, t.elem_type, list(t.shape) if t.shape else None))
+            g.input.append(helper.make_tensor_value_info(name, t.elem_type, list(t.shape) if t.shape is not None else None))
     g.node.extend(body.node)
     g.initializer.extend(body.initializer)
     for o in body.output:

@@ -41,10 +41,11 @@ def where_scratch(graph: Graph, node: Node) -> int:
         return 0
     out = graph.info(node.outputs[0])
     c = graph.shape(node.inputs[0])
-    if out is None or c is None:
-        return 2 * graph.nbytes(node.outputs[0])
+    branches = [graph.shape(b) or () for b in node.inputs[1:]]
+    if out is None or c is None or any(d is None for s in [c] + branches for d in s):
+        return 2 * graph.nbytes(node.outputs[0])  # a dim unknown (inside a Loop body): the output's size
     size = itemsize(out.elem_type)
-    return int(sum(_bcast_numel(c, graph.shape(b) or ()) for b in node.inputs[1:]) * size)
+    return int(sum(_bcast_numel(c, b) for b in branches) * size)
 
 
 def softmax_scratch(graph: Graph, node: Node) -> int:

@@ -106,6 +106,16 @@ def zoo() -> list[Family]:
         # AlphaFold3 Pairformer block (openfold3)
         Family("pairformer", "pairformer_bench", OUT / "pairformer_bench.onnx", "n_res", _single_pair(64, 32),
                lambda n: n, [128, 256], [96, 128, 160, 192, 256, 320, 384]),
+        # the other exports of the in-graph mask/bias families (issue 11 item 4): TorchScript-based
+        # exporter, and T5's sdpa attention (its bias masked once with Where and read by every layer)
+        Family("t5-ts", "t5_bench_ts", OUT / "t5_bench_ts.onnx", "seq", _tokens, lambda n: n, [4096], _LONG_TOKENS),
+        Family("t5-sdpa-ts", "t5_bench_sdpa_ts", OUT / "t5_bench_sdpa_ts.onnx", "seq", _tokens, lambda n: n,
+               [4096], _LONG_TOKENS),
+        Family("gptcausal-ts", "gptcausal_bench_ts", OUT / "gptcausal_bench_ts.onnx", "seq", _ids_only, lambda n: n,
+               [8192], _LONG_TOKENS),
+        Family("qwen2-ts", "qwen2_bench_ts", OUT / "qwen2_bench_ts.onnx", "seq", _tokens, lambda n: n, [8192], _LONG_TOKENS),
+        Family("qwen2-sdpa", "qwen2_bench_sdpa", OUT / "qwen2_bench_sdpa.onnx", "seq", _tokens, lambda n: n,
+               [8192], _LONG_TOKENS),
         # the TorchScript-based exporter (dynamo=False) of the decoder
         Family("gpt-ts", "gpt2_bench_ts", OUT / "gpt2_bench_ts.onnx", "seq", _tokens, lambda n: n,
                [8192], [1024, 2048, 3072, 4096, 6144, 8192], max_length=8192),
