@@ -186,9 +186,11 @@ def apply(graph: Graph, model: onnx.ModelProto) -> tuple[onnx.ModelProto, int] |
             p = onnx.NodeProto()
             p.CopyFrom(n.proto)
             emitted = []
-            if i in ch.shape_nodes:  # the shape of any chain tensor is d's
+            if i in ch.shape_nodes:  # the shape of any chain tensor is d's; kept only if read elsewhere
                 p.input[0] = d
-                before[i] = [p]
+                o = n.outputs[0]
+                kept = o in graph.output_names or any(r not in inside for r in graph.consumers.get(o, []))
+                before[i] = [p] if kept else []
                 continue
             for k, t in enumerate(n.inputs):
                 if t in primed:
