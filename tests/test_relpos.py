@@ -76,3 +76,27 @@ def test_not_aranges_or_other_steps_are_left_alone():
     assert relpos.apply(api.load(model, {"x": [50], "xi": [50]}).graph, model) is None
     model = _sub_model(delta=2)
     assert relpos.apply(api.load(model, {"x": [50]}).graph, model) is None
+
+
+def test_a_loop_rebuilding_the_peak_nodes_output_covers_the_peak():
+    """T5 sdpa TorchScript export: the masked bias Where(mask, bias, min) [1, H, L, L] is built once in
+    layer 0 and read by every layer, and the plan peaks at that Where. A query-row loop of layer 0
+    that rebuilds its rows of the bias (the Where among its clones) acts on that peak: once every
+    layer's loop does, the Where is gone. select must rank it as covering the peak (it ranked such
+    loops last, and the bench export stopped at 0.73 of the original)."""
+    from autochunk_onnx.peak import fusions
+    from autochunk_onnx.schedule import Readers, estimate_plan
+    from autochunk_onnx.search import candidates
+    from autochunk_onnx.select import QuickCost
+
+    shapes = {"input_ids": [1, 512], "attention_mask": [1, 512]}
+    m = api.load("models/tiny/t5_tiny_sdpa_ts.onnx", shapes)
+    new, _ = relpos.apply(m.graph, m.original)
+    g = api.load(new, shapes).graph
+    fused = fusions(g)
+    est, order = estimate_plan(g, [], fused)
+    assert g.nodes[order[est.peak_index]].op_type == "Where"
+    quick = QuickCost(g, est, order, fused, Readers(g, []))
+    rebuilding = [r for r in candidates(g, est, set(), None) if order[est.peak_index] in r.clones]
+    assert rebuilding
+    assert all(quick.loop_fn(r)[2] for r in rebuilding)

@@ -182,3 +182,17 @@ def test_estimate_reads_the_written_model(name, tmp_path):
     feeds = make_inputs(onnx.load(str(out)), {k: tuple(v) for k, v in case.shapes.items()}, seed=0)
     measured = arena_peak(str(out), feeds)
     assert abs(est.peak_bytes / measured - 1) < 0.05, (est.peak_bytes, measured)
+
+
+@pytest.mark.parametrize("name", ["t5_sdpa_ts", "t5_ts"])
+def test_plan_predicts_the_written_models_peak(name, tmp_path):
+    """The planner's prediction of a loop's body follows ORT's order: in the T5 sdpa export ORT
+    computes a chunk's scores before the bias rows it adds to them, so both are live while the
+    masked bias is built (graph order predicted 14% low here, 20% at the bench size)."""
+    from bench.estimate_accuracy import arena_peak
+    case = CASES[name]
+    out = tmp_path / "chunked.onnx"
+    res = api.optimize(case.file, out, case.budget, case.shapes, verify_output=False)
+    feeds = make_inputs(onnx.load(str(out)), {k: tuple(v) for k, v in case.shapes.items()}, seed=0)
+    measured = arena_peak(str(out), feeds)
+    assert abs(res.plan.final.peak_bytes / measured - 1) < 0.05, (res.plan.final.peak_bytes, measured)
