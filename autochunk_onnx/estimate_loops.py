@@ -38,6 +38,7 @@ from .kernels import LOOP_BODY
 SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SplitToSequence",
                           "ConcatFromSequence", "SequenceAt", "SequenceLength"})
 CONTROL_OPS = frozenset({"Loop", "Scan", "If"})
+SHAPE_LIKE = 64  # elements: a ConstantOfShape this small builds a shape (full_like of a shape)
 SMALL = 1 << 16  # elements: outer values passed into a body as constants (trip counts, chunk sizes)
 
 
@@ -116,12 +117,9 @@ def small_values(g: onnx.GraphProto, tensors: dict[str, TensorInfo], opset: int,
             ins = [i for i in n.input if i]
             if not all(i in values and values[i].size <= SMALL for i in ins):
                 continue
-            if n.op_type == "ConstantOfShape" and math.prod(values[ins[0]].reshape(-1).tolist()) > SMALL:
-                continue  # large; only small ones (an Expand target built with full_like) are values
-            if n.op_type == "Range":
-                a, b, d = (float(values[i].reshape(-1)[0]) for i in ins)
-                if d == 0 or math.ceil((b - a) / d) > SMALL:
-                    continue
+            if n.op_type == "Range" or (n.op_type == "ConstantOfShape"
+                                        and math.prod(values[ins[0]].reshape(-1).tolist()) > SHAPE_LIKE):
+                continue  # may be large; a shape-sized ConstantOfShape (an Expand target) is a value
             res = ReferenceEvaluator(n, opsets={"": opset}).run(None, {i: values[i] for i in ins})
             for o, v in zip([o for o in n.output if o], res):
                 v = np.asarray(v)
