@@ -126,43 +126,11 @@ def test_group_query_attention_stays_whole_and_says_why():
 
 @pytest.mark.parametrize("op", sorted(_contrib_cases()))
 def test_contrib_rule_agrees_with_onnxruntime(op):
-    """Each axis a rule allows: the output in two chunks (inputs sliced as the rule says, the
-    position rule applied) joined equals the whole run."""
-    import math
-    from fractions import Fraction
+    """Each axis a rule allows: the output in two chunks joined equals the whole run (the check of
+    test_ops, with this file's position hook: nodes before the loop read the whole inputs)."""
+    from test_ops import check_rule_against_ort
 
-    from test_ops import C, _build, _chunk_arrays, _run
-
-    from autochunk_onnx.shapes import infer_graph
-
-    row = ops.lookup("com.microsoft", op)
-    checked = 0
-    for c in _contrib_cases()[op]:
-        arrays = [None if isinstance(s, str) else s.value if isinstance(s, C) else s for s in c["inputs"]]
-        model = _build(op, row, c, arrays)
-        graph = infer_graph(model)
-        node = graph.nodes[0]
-        whole = _run(model, arrays, c["inputs"])
-        for k in range(c["n_out"]):
-            for axis, n in enumerate(whole[k].shape):
-                if n < 2:
-                    continue
-                cuts = ops.trace_node(graph, node, k, axis)
-                if cuts == ops.MIX:
-                    continue
-                unit = math.lcm(*(Fraction(x[1]).denominator for x in cuts if x is not None))
-                mid = n // unit // 2 * unit
-                parts = []
-                for lo, hi in ((0, mid), (mid, n)):
-                    sub = _chunk_arrays(row, graph, node, arrays, cuts, axis, lo, hi)
-                    chunk_model = _build(op, row, c, sub)
-                    if row.position is not None:
-                        _apply_position(row, graph, node, chunk_model, axis, lo, hi, arrays, c)
-                    parts.append(_run(chunk_model, sub, c["inputs"])[k])
-                np.testing.assert_allclose(np.concatenate(parts, axis=axis), whole[k], rtol=1e-5, atol=1e-5,
-                                           err_msg=f"{op} {c['attrs']} output {k} cut on axis {axis}")
-                checked += 1
-    assert checked > 0, f"no case of {op} has a chunkable axis"
+    check_rule_against_ort("com.microsoft", op, _contrib_cases()[op], _apply_position, atol=1e-5)
 
 
 def test_fused_gpt2_chunks_and_keeps_its_contrib_ops(tmp_path):
