@@ -55,26 +55,30 @@ RATIO_64_8 = 10.0  # 64 layers cost at most this many times 8 layers
 BIG_S, BIG_MIB = 60.0, 1024.0  # the big skeleton: optimize --no-verify
 
 
-def build(path: Path, layers: int, d_model: int, heads: int) -> int:
-    """Write the decoder; return its node count (in a child: the parent stays small)."""
-    code = ("import onnx, sys; from models.synthetic import transformer; "
-            f"m = transformer(layers={layers}, d_model={d_model}, heads={heads}); "
-            f"onnx.save(m, {str(path)!r}); print(len(m.graph.node))")
+def _built_nodes(code: str, what: str) -> int:
+    """Run `code` (which writes a model and prints its node count) in a child, so the parent that
+    is measured stays small; the node count it printed."""
     rc, _, _, out, err = run_child([sys.executable, "-c", code])
     if rc:
-        raise SystemExit(f"building the {layers}-layer decoder failed: {err.strip()[-500:]}")
+        raise SystemExit(f"building {what} failed: {err.strip()[-500:]}")
     return int(out.strip())
 
 
+def build(path: Path, layers: int, d_model: int, heads: int) -> int:
+    """Write the decoder; return its node count."""
+    return _built_nodes("import onnx, sys; from models.synthetic import transformer; "
+                        f"m = transformer(layers={layers}, d_model={d_model}, heads={heads}); "
+                        f"onnx.save(m, {str(path)!r}); print(len(m.graph.node))",
+                        f"the {layers}-layer decoder")
+
+
 def build_big(path: Path, layers: int, d_model: int, heads: int) -> tuple[int, float]:
-    code = ("import onnx; from models.synthetic import big_transformer; "
-            f"big_transformer({str(path)!r}, layers={layers}, d_model={d_model}, heads={heads}); "
-            f"print(len(onnx.load({str(path)!r}, load_external_data=False).graph.node))")
-    rc, _, _, out, err = run_child([sys.executable, "-c", code])
-    if rc:
-        raise SystemExit(f"building the big decoder failed: {err.strip()[-500:]}")
-    data = path.with_name(path.name + ".data")
-    return int(out.strip()), data.stat().st_size / 2**30
+    """Write the decoder skeleton with external weights; return its node count and GiB of weights."""
+    nodes = _built_nodes("import onnx; from models.synthetic import big_transformer; "
+                         f"big_transformer({str(path)!r}, layers={layers}, d_model={d_model}, heads={heads}); "
+                         f"print(len(onnx.load({str(path)!r}, load_external_data=False).graph.node))",
+                         "the big decoder")
+    return nodes, path.with_name(path.name + ".data").stat().st_size / 2**30
 
 
 def timed(argv: list[str], runs: int) -> list[dict]:
